@@ -1,0 +1,134 @@
+"""Pure, deterministic kernels behind the corruptions: arrays and plans in, new arrays out.
+
+No randomness and no knowledge of severities here: a corruption class draws a plan (a drop mask, a
+source index, a shift) and passes it to a kernel. Kernels never modify their inputs and allocate
+one output array per changed key, so peak memory is one copy of what changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..datasets.split import UNK_ID
+
+__all__ = [
+    "word_positions", "bernoulli_drop", "drop_tokens", "zero_rows", "gather_tokens", "gather_rows",
+    "span_mask", "shift_source", "blur_rows", "add_scaled_noise", "feature_std",
+]
+
+
+def word_positions(text_bert: np.ndarray) -> np.ndarray:
+    """Bool (N, L): valid text positions other than [CLS] (first) and [SEP] (last valid)."""
+    mask = text_bert[:, 1, :] > 0
+    lengths = mask.sum(axis=1)
+    positions = np.arange(mask.shape[1])[None, :]
+    return mask & (positions > 0) & (positions < (lengths - 1)[:, None])
+
+
+def bernoulli_drop(uniform: np.ndarray, rate: float | np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Drop where ``uniform < rate`` among ``eligible`` positions (``rate`` scalar or per sample (N, 1))."""
+    return (uniform < rate) & eligible
+
+
+def drop_tokens(text_bert: np.ndarray, text: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dropped tokens become [UNK] (id 100) with an all-zero ``text`` row; mask and segments unchanged."""
+    new_bert = text_bert.copy()
+    new_bert[:, 0, :][drop] = UNK_ID
+    return new_bert, zero_rows(text, drop)
+
+
+def zero_rows(x: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """Copy of ``x`` (N, L, D) with the rows where ``drop`` (N, L) is true set to 0, in one pass."""
+    return np.where(drop[..., None], np.zeros((), dtype=x.dtype), x)
+
+
+def gather_tokens(text_bert: np.ndarray, text: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move tokens: position ``t`` receives the id and ``text`` row of position ``source[:, t]``."""
+    new_bert = text_bert.copy()
+    new_bert[:, 0, :] = np.take_along_axis(text_bert[:, 0, :], source, axis=1)
+    return new_bert, gather_rows(text, source)
+
+
+def gather_rows(x: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``out[n, t] = x[n, source[n, t]]`` for (N, L, D) arrays."""
+    return np.take_along_axis(x, source[..., None], axis=1)
+
+
+def span_mask(lengths: np.ndarray, span: np.ndarray, start: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
+    """Bool (N, length): ``span[n]`` positions from ``offset + start[n]``."""
+    positions = np.arange(length)[None, :] - offset - start[:, None]
+    return (positions >= 0) & (positions < span[:, None])
+
+
+def shift_source(lengths: np.ndarray, shift: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source index and vacated mask for shifting each valid sequence by ``shift[n]`` frames.
+
+    Position ``t < lengths[n]`` receives frame ``t - shift[n]`` (a positive shift delays the
+    sequence); positions whose source falls outside the valid length are vacated (to be zeroed).
+    Padding positions map to themselves.
+    """
+    positions = np.arange(length)[None, :]
+    valid = positions < lengths[:, None]
+    source = positions - shift[:, None]
+    vacated = valid & ((source < 0) | (source >= lengths[:, None]))
+    source = np.where(valid & ~vacated, source, positions)
+    return source, vacated
+
+
+def blur_rows(x: np.ndarray, valid: np.ndarray, sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """Temporal Gaussian smoothing of (N, L, D) inside each valid length; padding rows unchanged.
+
+    Normalised convolution: ``(g * (x m)) / (g * m)`` with ``m`` the valid mask, so frames near the
+    ends average only valid neighbours and no padding leaks in.
+    """
+    from scipy.ndimage import correlate1d
+
+    radius = max(int(truncate * sigma + 0.5), 1)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    mask = valid.astype(np.float32)
+    out = np.empty_like(x)
+    step = max(1, (1 << 24) // max(1, x.shape[1] * x.shape[2]))  # ~64 MiB float32 blocks
+    for start in range(0, x.shape[0], step):
+        block = slice(start, start + step)
+        m = mask[block]
+        numer = correlate1d(x[block] * m[..., None], weights, axis=1, mode="constant", cval=0.0)
+        denom = correlate1d(m, weights, axis=1, mode="constant", cval=0.0)
+        smoothed = numer / np.maximum(denom, 1e-12)[..., None]
+        out[block] = np.where(valid[block][..., None], smoothed, x[block])
+    return out
+
+
+def feature_std(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-feature standard deviation (D,) over the valid rows of (N, L, D) (float64 accumulation)."""
+    count = int(valid.sum())
+    if count == 0:
+        return np.zeros(x.shape[2], dtype=np.float64)
+    total = np.zeros(x.shape[2], dtype=np.float64)
+    total_sq = np.zeros(x.shape[2], dtype=np.float64)
+    step = max(1, (1 << 24) // max(1, x.shape[1] * x.shape[2]))
+    for start in range(0, x.shape[0], step):
+        rows = x[start:start + step][valid[start:start + step]].astype(np.float64)
+        total += rows.sum(axis=0)
+        total_sq += (rows * rows).sum(axis=0)
+    mean = total / count
+    return np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+
+
+def add_scaled_noise(x: np.ndarray, valid: np.ndarray, scale: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``x + scale * N(0, 1)`` on valid rows (``scale`` per feature, (D,)); padding unchanged.
+
+    Noise is drawn in fixed blocks of samples as float32, so memory stays at one output copy and the
+    result does not depend on anything but the stream.
+    """
+    out = np.empty_like(x)
+    scale32 = np.asarray(scale, dtype=np.float32)
+    step = max(1, (1 << 22) // max(1, x.shape[1] * x.shape[2]))
+    for start in range(0, x.shape[0], step):
+        block = slice(start, start + step)
+        noise = rng.standard_normal(x[block].shape, dtype=np.float32)
+        noise *= scale32
+        np.add(x[block], noise, out=out[block])
+        np.copyto(out[block], x[block], where=~valid[block][..., None])  # padding bit-for-bit
+    return out

@@ -1,0 +1,15 @@
+"""Data layer: MMSA splits in memory, safe loading, validation, the registry and the synthetic benchmark."""
+
+from .io import load, read_mmsa_pickle, write_mmsa_pickle
+from .registry import DATASETS, LABEL_RANGES, DatasetEntry, list_datasets, resolve_data_root
+from .safe_pickle import UnsafePickleError, safe_load_pickle
+from .split import (CLS_ID, MODALITIES, PAD_ID, SEP_ID, SPLIT_NAMES, UNK_ID, Dataset, DatasetSpec, Split,
+                    content_hash)
+from .validate import DataValidationError, NonFiniteFeaturesWarning, ValidationReport
+
+__all__ = [
+    "load", "read_mmsa_pickle", "write_mmsa_pickle", "DATASETS", "LABEL_RANGES", "DatasetEntry", "list_datasets",
+    "resolve_data_root", "UnsafePickleError", "safe_load_pickle", "CLS_ID", "MODALITIES", "PAD_ID", "SEP_ID",
+    "SPLIT_NAMES", "UNK_ID", "Dataset", "DatasetSpec", "Split", "content_hash", "DataValidationError",
+    "NonFiniteFeaturesWarning", "ValidationReport",
+]
