@@ -5,7 +5,7 @@ as ``corruption(split, seed) -> Split``. It never mutates its input (splits are 
 shapes, dtypes and padding, returns the input arrays untouched at severity 0, and appends a record
 of what it did (parameters and realised rates per modality) to ``split.corruptions``.
 
-Randomness: each (seed, corruption name, modality) gets its own stream from ``numpy.random.SeedSequence``.
+Randomness: each (seed, corruption name, modality, split name) gets its own stream from ``numpy.random.SeedSequence``.
 Severity is deliberately *not* part of the stream key: the same uniform draws serve every level, so
 masks are nested across severities (a token dropped at 0.3 is also dropped at 0.5) and degradation
 curves are not blurred by mask resampling, as in LNLN's protocol. ``seeding="lnln"`` instead
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Literal, NamedTuple, Sequence
 
 import numpy as np
 
@@ -34,10 +34,17 @@ SEEDINGS: tuple[str, ...] = ("independent", "lnln")
 Realised = dict[str, Any]  # {"rate": float, "affected": int, "total": int, "unit": str, ...}
 
 
-def modality_stream(seed: int, name: str, modality: str) -> np.random.Generator:
-    """The independent random stream of one corruption on one modality (stable across runs and Pythons)."""
-    key = [int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), zlib.crc32(modality.encode())]
+def modality_stream(seed: int, name: str, modality: str, split: str = "") -> np.random.Generator:
+    """The independent stream of one corruption on one modality of one split (stable across runs and Pythons)."""
+    key = [int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), zlib.crc32(modality.encode()), zlib.crc32(split.encode())]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+class _SeedKey(NamedTuple):
+    """What a corruption's streams are derived from besides its name and the modality."""
+
+    seed: int
+    split: str
 
 
 def _check_severity(severity: Any) -> float:
@@ -111,7 +118,7 @@ class Corruption:
             if self.severity == 0.0:
                 stats[modality] = realised(0, int(self._units(split, modality)), self._unit(modality))
                 continue
-            updates, stats[modality] = self._apply(current, modality, seed)
+            updates, stats[modality] = self._apply(current, modality, _SeedKey(seed, split.name))
             changes.update(updates)
             current = current.replace(**updates)
         record = {"name": self.name, "version": self.version, "severity": self.severity,
@@ -119,7 +126,8 @@ class Corruption:
                   "params": self.params(), "realised": stats}
         return split.replace(**changes, corruptions=(*split.corruptions, record))
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key: _SeedKey) -> tuple[dict[str, Any], Realised]:
+        """Corrupt one modality of ``split``; returns the changed arrays and the realised statistics."""
         raise NotImplementedError
 
     def _unit(self, modality: str) -> str:
@@ -131,14 +139,15 @@ class Corruption:
             return int(np.maximum(split.text_lengths - 2, 0).sum())
         return int(split.lengths(modality).sum())
 
-    def stream(self, seed: int, modality: str) -> np.random.Generator:
-        return modality_stream(seed, self.name, modality)
+    def stream(self, key: "_SeedKey", modality: str) -> np.random.Generator:
+        """This corruption's own stream for ``modality`` (see :func:`modality_stream`)."""
+        return modality_stream(key.seed, self.name, modality, key.split)
 
-    def uniform(self, seed: int, modality: str, shape: tuple[int, ...]) -> np.ndarray:
+    def uniform(self, key: "_SeedKey", modality: str, shape: tuple[int, ...]) -> np.ndarray:
         """U[0,1) draws for ``modality``: own stream, or LNLN's shared ``np.random.seed(seed)`` stream."""
         if self.seeding == "lnln":
-            return np.random.RandomState(seed).uniform(size=shape)
-        return self.stream(seed, modality).random(shape)
+            return np.random.RandomState(key.seed).uniform(size=shape)
+        return self.stream(key, modality).random(shape)
 
     # ------------------------------------------------------------ describing
     def params(self) -> dict[str, Any]:

@@ -24,16 +24,16 @@ class _BernoulliMissing(Corruption):
 
     lnln_capable = True
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
         if modality == "text":
             eligible = word_positions(split.text_bert)
-            uniform = self.uniform(seed, modality, eligible.shape)
+            uniform = self.uniform(key, modality, eligible.shape)
             drop = bernoulli_drop(uniform, self.severity, eligible)
             text_bert, text = drop_tokens(split.text_bert, split.text, drop)
             return {"text_bert": text_bert, "text": text}, realised(int(drop.sum()), int(eligible.sum()), "tokens")
         features = getattr(split, modality)
         eligible = split.valid_mask(modality)
-        uniform = self.uniform(seed, modality, eligible.shape)
+        uniform = self.uniform(key, modality, eligible.shape)
         drop = bernoulli_drop(uniform, self.severity, eligible)
         return {modality: zero_rows(features, drop)}, realised(int(drop.sum()), int(eligible.sum()), "frames")
 
@@ -100,9 +100,9 @@ class ModalityMissing(Corruption):
     def _units(self, split: Split, modality: str) -> int:
         return len(split)
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
         n = len(split)
-        ranks = np.argsort(self.stream(seed, modality).random(n), kind="stable")
+        ranks = np.argsort(self.stream(key, modality).random(n), kind="stable")
         chosen = np.zeros(n, dtype=bool)
         chosen[ranks[: int(round(self.severity * n))]] = True
         if modality == "text":
@@ -130,7 +130,7 @@ class TemporalMissing(Corruption):
     default_modalities = ("text", "audio", "vision")
     severity_means = "fraction of the valid length covered by the removed span (1: everything)"
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
         if modality == "text":
             n_valid = np.maximum(split.text_lengths - 2, 0)
             offset, length = 1, split.text.shape[1]  # words start after [CLS]
@@ -138,7 +138,7 @@ class TemporalMissing(Corruption):
             n_valid = split.lengths(modality)
             offset, length = 0, getattr(split, modality).shape[1]
         span = np.rint(self.severity * n_valid).astype(np.int64)
-        start = np.floor(self.stream(seed, modality).random(len(split)) * (n_valid - span + 1)).astype(np.int64)
+        start = np.floor(self.stream(key, modality).random(len(split)) * (n_valid - span + 1)).astype(np.int64)
         drop = span_mask(n_valid, span, start, length, offset)
         if modality == "text":
             text_bert, text = drop_tokens(split.text_bert, split.text, drop)

@@ -32,10 +32,10 @@ class GaussianNoise(Corruption):
             raise ValueError(f"max_scale must be > 0, got {max_scale!r}")
         self.max_scale = float(max_scale)
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
         features = getattr(split, modality)
         valid = split.valid_mask(modality)
         scale = self.severity * self.max_scale * feature_std(features, valid)
-        noisy = add_scaled_noise(features, valid, scale, self.stream(seed, modality))
+        noisy = add_scaled_noise(features, valid, scale, self.stream(key, modality))
         total = int(valid.sum())
         return {modality: noisy}, realised(total, total, "frames", noise_scale=self.severity * self.max_scale)

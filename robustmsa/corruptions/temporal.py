@@ -36,7 +36,7 @@ class Blur(Corruption):
             raise ValueError(f"max_sigma must be > 0, got {max_sigma!r}")
         self.max_sigma = float(max_sigma)
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
         sigma = self.severity * self.max_sigma
         valid = split.valid_mask(modality)
         affected = int(valid[split.lengths(modality) > 1].sum())  # a single frame has nothing to blur with
@@ -58,10 +58,10 @@ class Misalign(Corruption):
     default_modalities = ("audio", "vision")
     severity_means = "shift as a fraction of the valid length (1: the whole sequence shifted out)"
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
         lengths = split.lengths(modality)
         features = getattr(split, modality)
-        direction = np.where(self.stream(seed, modality).random(len(split)) < 0.5, -1, 1)
+        direction = np.where(self.stream(key, modality).random(len(split)) < 0.5, -1, 1)
         shift = direction * np.rint(self.severity * lengths).astype(np.int64)
         source, vacated = shift_source(lengths, shift, features.shape[1])
         moved = zero_rows(gather_rows(features, source), vacated)

@@ -28,12 +28,12 @@ class WordShuffle(Corruption):
     default_modalities = ("text",)
     severity_means = "fraction of word tokens moved to other positions (1: all of them)"
 
-    def _apply(self, split: Split, modality: str, seed: int) -> tuple[dict[str, Any], Realised]:
+    def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
         eligible = word_positions(split.text_bert)
         n_words = eligible.sum(axis=1)
         k = np.rint(self.severity * n_words).astype(np.int64)
         k = np.where(k >= 2, k, 0)
-        keys = np.where(eligible, self.stream(seed, modality).random(eligible.shape), np.inf)
+        keys = np.where(eligible, self.stream(key, modality).random(eligible.shape), np.inf)
         order = np.argsort(keys, axis=1, kind="stable")  # chosen positions first, in random order
         rank = np.arange(eligible.shape[1])[None, :]
         chosen = rank < k[:, None]

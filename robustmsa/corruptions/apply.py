@@ -1,0 +1,86 @@
+"""Corrupt whole datasets and write the result as an MMSA pickle with a provenance sidecar."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .._io import OutputExistsError, atomic_open
+from ..datasets.io import load, write_mmsa_pickle
+from ..datasets.split import SPLIT_NAMES, Dataset
+from ..provenance import environment, utc_now
+from .base import Compose, Corruption, Seeding, create_corruption
+
+__all__ = ["corrupt_dataset", "corrupt_to_file", "sidecar_path"]
+
+
+def _check_splits(splits: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(splits))
+    unknown = [s for s in chosen if s not in SPLIT_NAMES]
+    if unknown or not chosen:
+        raise ValueError(f"unknown split(s) {unknown or '[]'}; valid values are {SPLIT_NAMES}")
+    return chosen
+
+
+def corrupt_dataset(dataset: Dataset, corruption: Corruption | Compose, seed: int,
+                    splits: Sequence[str] = ("test",)) -> Dataset:
+    """A new dataset whose ``splits`` are corrupted (each with its own streams); the others are shared."""
+    result = dataset
+    for name in _check_splits(splits):
+        result = result.with_split(corruption(dataset[name], seed))
+    return result
+
+
+def sidecar_path(out: str | os.PathLike) -> Path:
+    """Where the provenance JSON of ``out`` goes: ``<out>.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def corrupt_to_file(data: str | os.PathLike, corruption: str, severity: float, seed: int, out: str | os.PathLike, *,
+                    modalities: str | Sequence[str] | None = None, seeding: Seeding = "independent",
+                    splits: Sequence[str] = ("test",), force: bool = False, data_root: str | os.PathLike | None = None,
+                    label_family: str | None = None, params: dict[str, Any] | None = None,
+                    command: str | None = None) -> dict[str, Any]:
+    """Load ``data``, corrupt ``splits`` and write an MMSA pickle to ``out`` plus ``<out>.json`` provenance.
+
+    Nothing is written unless everything succeeds; existing outputs are kept unless ``force``.
+    Returns the provenance record (also written as the sidecar).
+    """
+    out = Path(out)
+    sidecar = sidecar_path(out)
+    for path in (out, sidecar):
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    if out.resolve() == Path(os.fspath(data)).resolve():
+        raise ValueError(f"--out {out} is the input file; write the corrupted copy elsewhere")
+    chosen_splits = _check_splits(splits)
+    built = create_corruption(corruption, severity, modalities=modalities, seeding=seeding, **(params or {}))
+    dataset = load(data, data_root=data_root, label_family=label_family)
+    corrupted = corrupt_dataset(dataset, built, seed, chosen_splits)
+    out_sha = write_mmsa_pickle(corrupted, out, force=force)
+    record = {
+        "kind": "robustmsa.corrupted_pickle",
+        "created": utc_now(),
+        "command": command,
+        "input": {"data": os.fspath(data), "source": dataset.spec.source, "name": dataset.spec.name,
+                  "fingerprint": dataset.spec.fingerprint, "label_family": dataset.spec.label_family},
+        "output": {"path": str(out), "sha256": out_sha},
+        "corruption": {"spec": corruption, "repr": repr(built), "severity": severity,
+                       "modalities": None if modalities is None else list(
+                           (modalities,) if isinstance(modalities, str) else modalities),
+                       "seeding": seeding, "seed": seed, "params": params or {}},
+        "splits": {name: list(corrupted[name].corruptions) for name in chosen_splits},
+        "untouched_splits": [name for name in SPLIT_NAMES if name not in chosen_splits],
+        "environment": environment(),
+    }
+    try:
+        with atomic_open(sidecar, force=True, mode="w") as handle:
+            json.dump(record, handle, indent=2)
+            handle.write("\n")
+    except BaseException:
+        out.unlink(missing_ok=True)  # never leave an output without its provenance
+        raise
+    return record
