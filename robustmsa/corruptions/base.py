@@ -143,11 +143,19 @@ class Corruption:
         """This corruption's own stream for ``modality`` (see :func:`modality_stream`)."""
         return modality_stream(key.seed, self.name, modality, key.split)
 
-    def uniform(self, key: "_SeedKey", modality: str, shape: tuple[int, ...]) -> np.ndarray:
-        """U[0,1) draws for ``modality``: own stream, or LNLN's shared ``np.random.seed(seed)`` stream."""
+    def uniform_source(self, key: "_SeedKey", modality: str) -> np.random.Generator | np.random.RandomState:
+        """Where U[0,1) draws for ``modality`` come from (``.random(shape)``; consecutive calls continue the stream).
+
+        Independent seeding: this corruption's own stream. LNLN seeding: a fresh legacy
+        ``RandomState(seed)`` for every modality, i.e. LNLN's ``np.random.seed(seed); np.random.uniform``.
+        """
         if self.seeding == "lnln":
-            return np.random.RandomState(key.seed).uniform(size=shape)
-        return self.stream(key, modality).random(shape)
+            return np.random.RandomState(key.seed)
+        return self.stream(key, modality)
+
+    def uniform(self, key: "_SeedKey", modality: str, shape: tuple[int, ...]) -> np.ndarray:
+        """U[0,1) draws of ``shape`` for ``modality`` from :meth:`uniform_source`."""
+        return self.uniform_source(key, modality).random(shape)
 
     # ------------------------------------------------------------ describing
     def params(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 from ..datasets.split import UNK_ID
 
 __all__ = [
-    "word_positions", "bernoulli_drop", "drop_tokens", "zero_rows", "gather_tokens", "gather_rows",
+    "word_positions", "bernoulli_drop", "drop_tokens", "zero_rows", "copy_zero_rows", "row_blocks", "gather_tokens", "gather_rows",
     "span_mask", "shift_source", "blur_rows", "add_scaled_noise", "feature_std",
 ]
 
@@ -25,9 +25,13 @@ def word_positions(text_bert: np.ndarray) -> np.ndarray:
     return mask & (positions > 0) & (positions < (lengths - 1)[:, None])
 
 
-def bernoulli_drop(uniform: np.ndarray, rate: float | np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Drop where ``uniform < rate`` among ``eligible`` positions (``rate`` scalar or per sample (N, 1))."""
-    return (uniform < rate) & eligible
+def bernoulli_drop(uniform: np.ndarray, rate: float | np.ndarray, eligible: np.ndarray,
+                   inclusive: bool = False) -> np.ndarray:
+    """Drop where ``uniform < rate`` (``<=`` if ``inclusive``, as LNLN's ``keep if U > r``) among ``eligible``.
+
+    ``rate`` is a scalar or per sample, shape (N, 1).
+    """
+    return ((uniform <= rate) if inclusive else (uniform < rate)) & eligible
 
 
 def drop_tokens(text_bert: np.ndarray, text: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +41,43 @@ def drop_tokens(text_bert: np.ndarray, text: np.ndarray, drop: np.ndarray) -> tu
     return new_bert, zero_rows(text, drop)
 
 
+_BLOCK_BYTES = 1 << 20  # work in ~1 MiB blocks of output: copied, then masked while still in cache
+
+
+def row_blocks(x: np.ndarray, block_bytes: int = _BLOCK_BYTES, max_rows: int | None = None) -> list[slice]:
+    """Slices over the first axis of ``x`` covering about ``block_bytes`` each (at most ``max_rows`` rows)."""
+    per_sample = max(1, x[0].nbytes if len(x) else 1)
+    step = max(1, block_bytes // per_sample)
+    if max_rows is not None:
+        step = max(1, min(step, max_rows))
+    return [slice(start, start + step) for start in range(0, x.shape[0], step)]
+
+
+def _as_rows(x: np.ndarray) -> np.ndarray:
+    """(N, L) view of a C-contiguous (N, L, D) array with one opaque item per row (one memcpy per row)."""
+    return x.view(np.dtype((np.void, x.shape[2] * x.itemsize)))[..., 0]
+
+
+def copy_zero_rows(out: np.ndarray, x: np.ndarray, drop: np.ndarray) -> None:
+    """Write ``x`` into ``out`` (both (n, L, D)) with the rows where ``drop`` is true set to 0."""
+    if x.size and x.flags.c_contiguous and out.flags.c_contiguous:
+        target = _as_rows(out)
+        target[...] = _as_rows(x)
+        target[drop] = np.zeros((), dtype=target.dtype)
+    else:
+        np.copyto(out, np.where(drop[..., None], np.zeros((), dtype=x.dtype), x))
+
+
 def zero_rows(x: np.ndarray, drop: np.ndarray) -> np.ndarray:
-    """Copy of ``x`` (N, L, D) with the rows where ``drop`` (N, L) is true set to 0, in one pass."""
-    return np.where(drop[..., None], np.zeros((), dtype=x.dtype), x)
+    """Copy of ``x`` (N, L, D) with the rows where ``drop`` (N, L) is true set to 0.
+
+    Blocked copy-then-zero on rows viewed as opaque bytes: about the cost of ``np.copy`` and bit
+    exact (zeroed rows are +0.0; NaN and -0.0 elsewhere are kept as they are).
+    """
+    out = np.empty_like(x)
+    for rows in row_blocks(x):
+        copy_zero_rows(out[rows], x[rows], drop[rows])
+    return out
 
 
 def gather_tokens(text_bert: np.ndarray, text: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..datasets.split import Split
 from .base import Corruption, Realised, realised, register_corruption
-from .functional import bernoulli_drop, drop_tokens, span_mask, word_positions, zero_rows
+from .functional import (bernoulli_drop, copy_zero_rows, drop_tokens, row_blocks, span_mask, word_positions,
+                         zero_rows)
 
 __all__ = ["RandomMissing", "WordDrop", "FrameDrop", "ModalityMissing", "TemporalMissing"]
 
@@ -25,17 +26,28 @@ class _BernoulliMissing(Corruption):
     lnln_capable = True
 
     def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
+        inclusive = self.seeding == "lnln"  # LNLN keeps a position only if U > r
         if modality == "text":
             eligible = word_positions(split.text_bert)
             uniform = self.uniform(key, modality, eligible.shape)
-            drop = bernoulli_drop(uniform, self.severity, eligible)
+            drop = bernoulli_drop(uniform, self.severity, eligible, inclusive)
             text_bert, text = drop_tokens(split.text_bert, split.text, drop)
             return {"text_bert": text_bert, "text": text}, realised(int(drop.sum()), int(eligible.sum()), "tokens")
+        # Frames: draw, mask and copy block by block, so that no (N, L) temporaries outlive a block
+        # (peak memory is the output alone); the draws are the same as one (N, L) draw.
         features = getattr(split, modality)
-        eligible = split.valid_mask(modality)
-        uniform = self.uniform(key, modality, eligible.shape)
-        drop = bernoulli_drop(uniform, self.severity, eligible)
-        return {modality: zero_rows(features, drop)}, realised(int(drop.sum()), int(eligible.sum()), "frames")
+        lengths = split.lengths(modality)
+        positions = np.arange(features.shape[1])[None, :]
+        source = self.uniform_source(key, modality)
+        out = np.empty_like(features)
+        dropped = 0
+        # float64 draws for at most ~32 KiB of positions at a time
+        for rows in row_blocks(features, max_rows=max(1, 4096 // max(1, features.shape[1]))):
+            valid = positions < lengths[rows, None]
+            drop = bernoulli_drop(source.random(valid.shape), self.severity, valid, inclusive)
+            copy_zero_rows(out[rows], features[rows], drop)
+            dropped += int(drop.sum())
+        return {modality: out}, realised(dropped, int(lengths.sum()), "frames")
 
 
 @register_corruption
