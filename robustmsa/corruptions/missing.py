@@ -8,7 +8,7 @@ unless a modality is removed as absent.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -26,11 +26,16 @@ class _BernoulliMissing(Corruption):
     lnln_capable = True
 
     def _apply(self, split: Split, modality: str, key) -> tuple[dict[str, Any], Realised]:
+        return self._drop(split, modality, key, self.severity)
+
+    def _drop(self, split: Split, modality: str, key, rate: float | np.ndarray) -> tuple[dict[str, Any], Realised]:
+        """Drop positions of ``modality`` with probability ``rate`` (scalar, or per sample with shape (N,))."""
         inclusive = self.seeding == "lnln"  # LNLN keeps a position only if U > r
+        rate = rate if np.isscalar(rate) else np.asarray(rate, dtype=np.float64)[:, None]
         if modality == "text":
             eligible = word_positions(split.text_bert)
             uniform = self.uniform(key, modality, eligible.shape)
-            drop = bernoulli_drop(uniform, self.severity, eligible, inclusive)
+            drop = bernoulli_drop(uniform, rate, eligible, inclusive)
             text_bert, text = drop_tokens(split.text_bert, split.text, drop)
             return {"text_bert": text_bert, "text": text}, realised(int(drop.sum()), int(eligible.sum()), "tokens")
         # Frames: draw, mask and copy block by block, so that no (N, L) temporaries outlive a block
@@ -44,10 +49,38 @@ class _BernoulliMissing(Corruption):
         # float64 draws for at most ~32 KiB of positions at a time
         for rows in row_blocks(features, max_rows=max(1, 4096 // max(1, features.shape[1]))):
             valid = positions < lengths[rows, None]
-            drop = bernoulli_drop(source.random(valid.shape), self.severity, valid, inclusive)
+            block_rate = rate if np.isscalar(rate) else rate[rows]
+            drop = bernoulli_drop(source.random(valid.shape), block_rate, valid, inclusive)
             copy_zero_rows(out[rows], features[rows], drop)
             dropped += int(drop.sum())
         return {modality: out}, realised(dropped, int(lengths.sum()), "frames")
+
+    def apply_rates(self, split: Split, rates: Mapping[str, np.ndarray], seed: int) -> Split:
+        """Apply with a drop rate per sample and modality (``rates[m]`` of shape (N,) in [0, 1]).
+
+        Used for train-time noise (LNLN's scheme draws a rate per sample); ``severity`` is ignored and the
+        record's ``severity`` is the mean rate. Modalities without an entry are left untouched.
+        """
+        from .base import _SeedKey
+
+        changes: dict[str, Any] = {}
+        stats: dict[str, Realised] = {}
+        current = split
+        for modality in self.modalities:
+            if modality not in rates:
+                continue
+            values = np.asarray(rates[modality], dtype=np.float64)
+            if values.shape != (len(split),) or np.any((values < 0) | (values > 1)):
+                raise ValueError(f"{self.name}: rates[{modality!r}] must have shape ({len(split)},) with values in "
+                                 f"[0, 1], got shape {values.shape}")
+            updates, stats[modality] = self._drop(current, modality, _SeedKey(seed, split.name), values)
+            changes.update(updates)
+            current = current.replace(**updates)
+        record = {"name": self.name, "version": self.version, "severity": float(np.mean([np.mean(rates[m])
+                  for m in stats])) if stats else 0.0, "per_sample_rates": True,
+                  "modalities": list(stats), "seeding": self.seeding, "seed": int(seed), "params": self.params(),
+                  "realised": stats}
+        return split.replace(**changes, corruptions=(*split.corruptions, record))
 
 
 @register_corruption

