@@ -22,6 +22,7 @@ app.add_typer(data_app, name="data")
 class ListWhat(str, Enum):
     corruptions = "corruptions"
     datasets = "datasets"
+    methods = "methods"
 
 
 class SeedingMode(str, Enum):
@@ -46,7 +47,8 @@ def _run(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (OutputExistsError, FileNotFoundError, pickle.UnpicklingError, ValueError, KeyError, TypeError) as exc:
+    except (OutputExistsError, FileNotFoundError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
+            FloatingPointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         _fail(str(message))
 
@@ -68,15 +70,27 @@ def main_callback(version: bool = typer.Option(False, "--version", callback=_ver
 @app.command("list")
 def list_cmd(what: ListWhat = typer.Argument(..., help="What to list."),
              pattern: Optional[str] = typer.Argument(None, help="fnmatch filter, e.g. 'word_*'."),
-             data_root: Optional[Path] = DataRootOption) -> None:
-    """List registered corruptions or datasets.
+             data_root: Optional[Path] = DataRootOption,
+             dataset: str = typer.Option("mosi", "--dataset", help="For methods: count parameters for this "
+                                         "registered dataset's shapes (no data file needed).")) -> None:
+    """List registered corruptions, datasets or methods.
 
-    Example: robustmsa list corruptions 'word_*'
+    Example: robustmsa list corruptions 'word_*'; robustmsa list methods --dataset mosei
     """
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    if what is ListWhat.methods:
+        from .methods.listing import method_rows
+
+        rows, note = _run(method_rows, dataset, pattern)
+        table = Table("name", f"parameters ({dataset}, without text encoder)", "paper", "reference",
+                      title=note)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
     if what is ListWhat.corruptions:
         from .corruptions import get_corruption, list_corruptions
 
@@ -178,6 +192,130 @@ def corrupt_cmd(
         for rec in records:
             rates = ", ".join(f"{m} {v['rate']:.3f} of {v['total']} {v['unit']}" for m, v in rec["realised"].items())
             typer.echo(f"  {split_name}: {rec['name']}@{rec['severity']:g} realised: {rates}")
+
+
+def _parse_sets(items: Optional[list[str]]) -> dict:
+    """``--set key=value`` pairs; values are parsed as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return overrides
+
+
+def _load_for_training(data: Optional[str], dataset: str, data_root, label_family):
+    import warnings
+
+    from .datasets import load
+
+    source = data if data is not None else dataset
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = _run(load, source, data_root=data_root, label_family=label_family)
+    for warning in caught:
+        typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
+    if data is not None and label_family is None:
+        typer.echo(f"label family: {loaded.spec.label_family} (inferred from {data}; override with --label-family)")
+    return loaded
+
+
+TRAINING = "training"
+
+
+@app.command("eval")
+def eval_cmd(
+    method: str = typer.Option(..., "--method", help="Method name (robustmsa list methods)."),
+    noise: float = typer.Option(0.3, "--noise", help="Severity in [0, 1] of the test-time corruption."),
+    corruption: str = typer.Option("random_missing", "--corruption", help="Corruption name(s), '+' to compose."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Restrict the corruption to modalities."),
+    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name (default: embedded synth)."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    seeds: int = typer.Option(1, "--seeds", help="Number of training seeds (1111, 1112, ...): mean and std."),
+    corruption_seed: int = typer.Option(1111, "--corruption-seed", help="Seed of the test-time corruption."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAINING, help="Override the epochs."),
+    device: str = typer.Option("auto", "--device", rich_help_panel=TRAINING, help="auto, cpu, cuda, cuda:N."),
+    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", rich_help_panel=TRAINING,
+                                                help="features | hf:PATH | embedding."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=TRAINING,
+                                             help="Method config override (repeatable)."),
+    train_noise: Optional[str] = typer.Option(None, "--train-noise", rich_help_panel=TRAINING,
+                                              help="LNLN-style train-time noise: random_missing, word_drop, frame_drop."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", rich_help_panel=TRAINING,
+                                             help="Checkpoint cache (default ~/.cache/robustmsa/checkpoints)."),
+    no_cache: bool = typer.Option(False, "--no-cache", rich_help_panel=TRAINING, help="Neither read nor write the cache."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the results record (JSON) here."),
+    data_root: Optional[Path] = DataRootOption,
+    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train (or load from cache) a method, evaluate it clean and under a corruption, print every metric.
+
+    Example: robustmsa eval --method almt --noise 0.3
+    """
+    import json
+
+    from ._io import atomic_open
+    from .engine.evaluate import DEFAULT_SEEDS, run_eval
+    from .engine.report import eval_table
+
+    if seeds < 1:
+        _fail(f"--seeds must be >= 1, got {seeds}")
+    if output is not None and output.exists() and not force:
+        _fail(f"{output} already exists; pass --force to overwrite it")
+    loaded = _load_for_training(data, dataset, data_root, label_family)
+    seed_list = list(DEFAULT_SEEDS[:seeds]) if seeds <= len(DEFAULT_SEEDS) else [1111 + i for i in range(seeds)]
+    record = _run(run_eval, method, loaded, corruption=corruption, severity=noise, corruption_seed=corruption_seed,
+                  modalities=modality or None, seeds=seed_list, overrides=_parse_sets(set_), epochs=epochs,
+                  text_backbone=text_backbone, train_noise=train_noise, device=device, use_cache=not no_cache,
+                  cache=cache_dir, quiet=quiet, log=None if quiet else _log,
+                  command=shlex.join(["robustmsa", *sys.argv[1:]]))
+    from rich.console import Console
+
+    Console().print(eval_table(record))
+    if output is not None:
+        with atomic_open(output, force=force, mode="w") as handle:
+            json.dump(record, handle, indent=2, default=str)
+            handle.write("\n")
+        typer.echo(f"wrote {output}")
+
+
+@app.command("train")
+def train_cmd(
+    method: str = typer.Option(..., "--method", help="Method name (robustmsa list methods)."),
+    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    seed: int = typer.Option(1111, "--seed", help="Training seed."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the epochs."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", help="features | hf:PATH | embedding."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Config override."),
+    train_noise: Optional[str] = typer.Option(None, "--train-noise", help="LNLN-style train-time noise."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", help="Checkpoint cache."),
+    data_root: Optional[Path] = DataRootOption,
+    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train a method with validation selection and store it in the checkpoint cache."""
+    from .engine.evaluate import evaluate_split
+    from .engine.train import train
+
+    loaded = _load_for_training(data, dataset, data_root, label_family)
+    trained = _run(train, method, loaded, seed=seed, overrides=_parse_sets(set_), epochs=epochs,
+                   text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache_dir, quiet=quiet,
+                   log=None if quiet else _log)
+    source = "loaded from cache" if trained.from_cache else f"trained in {trained.train_seconds:.1f} s"
+    typer.echo(f"{method} seed {seed}: {source}, best epoch {trained.best_epoch}, checkpoint {trained.cache_path}")
+    valid = evaluate_split(trained, loaded.valid)
+    typer.echo("valid: " + ", ".join(f"{k} {v:.4f}" for k, v in valid.items()))
+
+
+def _log(message: str) -> None:
+    typer.secho(message, err=True, fg=typer.colors.BRIGHT_BLACK)
 
 
 def _parse_value(text: str):

@@ -15,7 +15,7 @@ from ..registry import Registry
 from .split import LabelFamily
 
 __all__ = ["DatasetEntry", "DATASETS", "LABEL_RANGES", "DATA_ROOT_ENV", "resolve_data_root", "list_datasets",
-           "get_dataset_entry"]
+           "get_dataset_entry", "registered_spec"]
 
 DATA_ROOT_ENV = "ROBUSTMSA_DATA"
 DEFAULT_DATA_ROOT = "datasets"
@@ -34,6 +34,7 @@ class DatasetEntry:
     sha256: str | None = None
     aligned: bool = False
     synth_profile: str | None = None
+    shapes: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # (L_t, L_a, L_v), (D_t, D_a, D_v)
 
     @property
     def label_range(self) -> tuple[float, float]:
@@ -48,16 +49,21 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 for _entry in (
     DatasetEntry("mosi", "mosi", "CMU-MOSI, unaligned (MMSA)", "MOSI/Processed/unaligned_50.pkl",
-                 "78e0f8b5ef8ff71558e7307848fc1fa929ecb078203f565ab22b9daab2e02524"),
+                 "78e0f8b5ef8ff71558e7307848fc1fa929ecb078203f565ab22b9daab2e02524",
+                 shapes=((50, 375, 500), (768, 5, 20))),
     DatasetEntry("mosi-aligned", "mosi", "CMU-MOSI, word-aligned to 50 steps (MMSA)", "MOSI/Processed/aligned_50.pkl",
-                 "d3994fd25681f9c7ad6e9c6596a6fe9b4beb85ff7d478ba978b124139002e5f9", aligned=True),
+                 "d3994fd25681f9c7ad6e9c6596a6fe9b4beb85ff7d478ba978b124139002e5f9", aligned=True,
+                 shapes=((50, 50, 50), (768, 5, 20))),
     DatasetEntry("mosei", "mosi", "CMU-MOSEI, unaligned (MMSA)", "MOSEI/Processed/unaligned_50.pkl",
-                 "ad8b23d50557045e7d47959ce6c5b955d8d983f2979c7d9b7b9226f6dd6fec1f"),
+                 "ad8b23d50557045e7d47959ce6c5b955d8d983f2979c7d9b7b9226f6dd6fec1f",
+                 shapes=((50, 500, 500), (768, 74, 35))),
     DatasetEntry("mosei-aligned", "mosi", "CMU-MOSEI, word-aligned to 50 steps (MMSA)",
                  "MOSEI/Processed/aligned_50.pkl",
-                 "45eccfb748a87c80ecab9bfac29582e7b1466bf6605ff29d3b338a75120bf791", aligned=True),
+                 "45eccfb748a87c80ecab9bfac29582e7b1466bf6605ff29d3b338a75120bf791", aligned=True,
+                 shapes=((50, 50, 50), (768, 74, 35))),
     DatasetEntry("sims", "sims", "CH-SIMS, unaligned (MMSA)", "SIMS/Processed/unaligned_39.pkl",
-                 "c9e20c13ec0454d98bb9c1e520e490c75146bfa2dfeeea78d84de047dbdd442f"),
+                 "c9e20c13ec0454d98bb9c1e520e490c75146bfa2dfeeea78d84de047dbdd442f",
+                 shapes=((39, 400, 55), (768, 33, 709))),
     DatasetEntry("simsv2", "sims", "CH-SIMS v2 (supervised), unaligned (MMSA)", "SIMSv2/Processed/sims_unaligned.pkl"),
     DatasetEntry("synth", "mosi", "embedded synthetic benchmark, small (trains in seconds on CPU)",
                  synth_profile="synth"),
@@ -82,3 +88,28 @@ def list_datasets(pattern: str | None = None) -> list[str]:
 def get_dataset_entry(name: str) -> DatasetEntry:
     """The registry entry of ``name`` (KeyError with suggestions if unknown)."""
     return DATASETS.get(name)
+
+
+def registered_spec(name: str):
+    """A :class:`DatasetSpec` from the registry's shapes alone (no data file), e.g. to count parameters.
+
+    Shapes are the published ones (data-format reference, section 1.3); synthetic profiles use their profile.
+    Returns None when the registry does not know the shapes (SIMSv2).
+    """
+    from .split import DatasetSpec
+
+    entry = DATASETS.get(name)
+    if entry.generated:
+        from .synth import PROFILES
+
+        p = PROFILES[entry.synth_profile]
+        lengths = {"text": p.text_len, "audio": p.audio_len, "vision": p.vision_len}
+        dims = {"text": p.text_dim, "audio": p.audio_dim, "vision": p.vision_dim}
+    elif entry.shapes is not None:
+        (lt, la, lv), (dt, da, dv) = entry.shapes
+        lengths, dims = {"text": lt, "audio": la, "vision": lv}, {"text": dt, "audio": da, "vision": dv}
+    else:
+        return None
+    return DatasetSpec(name=name, label_family=entry.label_family, label_range=entry.label_range, dims=dict(dims),
+                       seq_lens=dict(lengths), aligned=entry.aligned, fingerprint=f"registry:{name}",
+                       source="registry shapes")
