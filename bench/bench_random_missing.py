@@ -28,7 +28,6 @@ import datetime
 import gc
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from _markdown import write_section
 from robustmsa.corruptions import RandomMissing
 from robustmsa.datasets.split import CLS_ID, SEP_ID, UNK_ID, Split
 
@@ -47,7 +47,6 @@ SHAPES = {"text": (50, 768), "audio": (500, 74), "vision": (500, 35)}
 TEXT_LENGTHS = (10, 50)  # inclusive ranges of the valid lengths ([CLS] and [SEP] included for text)
 FRAME_LENGTHS = (50, 500)
 SPEEDUP_TARGET, COPY_TARGET, MEMORY_TARGET = 1.5, 3.0, 1.0
-MARK_BEGIN, MARK_END = "<!-- bench:random_missing -->", "<!-- /bench:random_missing -->"
 
 
 # ---------------------------------------------------------------- data
@@ -274,18 +273,6 @@ def _verdict(ok: bool) -> str:
     return "pass" if ok else "**FAIL**"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the delimited random_missing section of ``path``."""
-    block = f"{MARK_BEGIN}\n{section}{MARK_END}\n"
-    text = path.read_text() if path.exists() else ""
-    pattern = re.compile(re.escape(MARK_BEGIN) + r".*?" + re.escape(MARK_END) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + block
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -304,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     section = report(split, times, peaks, argv)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, section, name="random_missing")
     return 0
 
 
