@@ -152,9 +152,12 @@ def train(method: str, dataset: Dataset, *, seed: int = 1111, overrides: Mapping
                 losses.append(parts["loss"])
                 progress.advance(batch_task)
             progress.remove_task(batch_task)
-            for scheduler in schedulers:
-                scheduler.step()
             valid_loss = _valid_loss(model, valid, chosen, EVAL_BATCH)
+            for scheduler in schedulers:  # per epoch; plateau schedulers (MMIM family) follow the valid loss
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(valid_loss)
+                else:
+                    scheduler.step()
             train_loss = float(np.mean(losses)) if losses else math.nan
             history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss})
             improved = valid_loss < best_loss - 1e-6
