@@ -311,3 +311,21 @@ def test_compose_applies_each_part_with_its_own_record(big_split):
     np.testing.assert_array_equal(out.text_bert, alone.text_bert)
     narrowed = create_corruption("random_missing+blur", 0.3, modalities=["vision"])
     assert [c.modalities for c in narrowed.corruptions] == [("vision",), ("vision",)]
+
+
+def test_written_corrupted_pickle_loads_back_identical(tmp_path):
+    from conftest import make_dataset
+    from robustmsa.corruptions.apply import corrupt_dataset
+    from robustmsa.datasets import read_mmsa_pickle, write_mmsa_pickle
+
+    dataset = make_dataset(n=30)
+    corrupted = corrupt_dataset(dataset, create_corruption("word_shuffle+frame_drop", 0.5), seed=3,
+                                splits=("train", "test"))
+    path = tmp_path / "corrupted.pkl"
+    write_mmsa_pickle(corrupted, path)
+    back = read_mmsa_pickle(path)
+    for name in ("train", "valid", "test"):
+        for key in Split.array_keys():
+            a, b = getattr(corrupted[name], key), getattr(back[name], key)
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes() if a.dtype != object else list(a) == list(b)
+    assert corrupted.valid is dataset.valid  # untouched splits are shared, not copied
