@@ -48,7 +48,8 @@ def test_every_method_trains_a_few_steps_and_the_loss_falls(name, small):
                 scheduler.step()
     batch = next(iterate_batches(SplitTensors.from_split(small.train), 64))
     model.train()
-    losses = [model.training_step(batch, optimizers)["loss"] for _ in range(25)]
+    # the supervised part: multi-stage objectives (MMIM's entropy term) may add terms that do not fall
+    losses = [model.training_step(batch, optimizers).get("criterion") for _ in range(25)]
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < losses[0]
     model.eval()

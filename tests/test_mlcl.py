@@ -197,7 +197,7 @@ def test_forward_backward_and_the_three_contrastive_losses():
     expected = (main + 0.01 / 3 * output.aux_losses["umcl"] + 0.08 / 3 * output.aux_losses["tmcl"]
                 + 0.11 / 3 * output.aux_losses["bmcl"])
     torch.testing.assert_close(total, expected)
-    assert parts["main"] == pytest.approx(float(main.detach()))
+    assert parts["criterion"] == pytest.approx(float(main.detach()))
     total.backward()
     for pair in PAIRS:  # at, vt and va are reached only through BMCL
         grads = [p.grad for p in model.cross[pair].parameters()]

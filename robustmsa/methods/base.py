@@ -153,7 +153,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return METHODS.add(cls.name, cls)
 
 
-_BUILTIN_MODULES = ("lf_dnn", "almt", "mlcl", "cmcbep_cl")
+_BUILTIN_MODULES = ("lf_dnn", "almt", "mlcl", "cmcbep_cl", "mmim", "mecam")
 
 
 def _load_builtin_methods() -> None:

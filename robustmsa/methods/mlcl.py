@@ -315,7 +315,7 @@ class MLCL(Method):
             main = F.mse_loss(output.pred, batch.labels)
         else:
             raise ConfigError(f"mlcl: train_criterion must be 'l1' or 'mse', got {kind!r}")
-        total, parts = main, {"main": float(main.detach())}
+        total, parts = main, {"criterion": float(main.detach())}
         weights = {"umcl": "alpha", "tmcl": "beta", "bmcl": "gamma"}
         for key, value in output.aux_losses.items():
             total = total + float(self.config[weights[key]]) / 3.0 * value
