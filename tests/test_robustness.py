@@ -1,0 +1,53 @@
+"""Robustness summary formulas on hand-computed curves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from robustmsa import robustness as rb
+
+LEVELS = [0.0, 0.5, 1.0]
+
+
+def test_mean_over_levels_includes_clean():
+    assert rb.mean_over_levels([0.8, 0.6, 0.4]) == pytest.approx(0.6)
+
+
+def test_auilc_raw_and_normalised_on_an_uneven_grid():
+    area, normalised = rb.auilc([0.0, 0.2, 1.0], [0.8, 0.6, 0.4])
+    # trapezoids: 0.2 * (0.8 + 0.6) / 2 = 0.14; 0.8 * (0.6 + 0.4) / 2 = 0.4
+    assert area == pytest.approx(0.54) and normalised == pytest.approx(0.54)
+    area, normalised = rb.auilc([0.1, 0.5, 0.9], [0.7, 0.7, 0.7])
+    assert area == pytest.approx(0.56) and normalised == pytest.approx(0.7)  # flat curve: normalised = mean
+
+
+def test_retention_keeps_direction_for_errors():
+    np.testing.assert_allclose(rb.retention(0.8, [0.6, 0.4]), [0.75, 0.5])
+    np.testing.assert_allclose(rb.retention(0.5, [1.0, 2.0], higher_is_better=False), [0.5, 0.25])
+    assert rb.mean_retention(0.8, [0.6, 0.4]) == pytest.approx(0.625)
+
+
+def test_corruption_error_and_relative_ce():
+    method, baseline = rb.to_error([0.6, 0.4], True), rb.to_error([0.5, 0.3], True)  # errors 0.4 0.6 / 0.5 0.7
+    assert rb.corruption_error(method, baseline) == pytest.approx(1.0 / 1.2)
+    # relative: method clean error 0.2 -> (0.2 + 0.4) = 0.6; baseline clean 0.4 -> (0.1 + 0.3) = 0.4
+    assert rb.relative_corruption_error(0.2, method, 0.4, baseline) == pytest.approx(1.5)
+    assert math.isnan(rb.relative_corruption_error(0.2, [0.3], 0.4, [0.4]))
+    mae = rb.to_error([1.0, 1.5], higher_is_better=False)  # MAE is already an error
+    assert rb.corruption_error(mae, [1.0, 1.0]) == pytest.approx(1.25)
+
+
+def test_effective_robustness_sign_reads_the_same_for_scores_and_errors():
+    # method drops 0.1 then 0.2, baseline drops 0.2 then 0.4: gaps 0.1, 0.2 -> mean 0.15 (more robust)
+    assert rb.effective_robustness([0.8, 0.7, 0.6], [0.7, 0.5, 0.3]) == pytest.approx(0.15)
+    # MAE rises 0.1 then 0.2 for the method, 0.2 then 0.4 for the baseline: also +0.15
+    assert rb.effective_robustness([0.7, 0.8, 0.9], [0.9, 1.1, 1.3], higher_is_better=False) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("levels,scores", [([0.0, 0.0], [1, 2]), ([0.5, 0.1], [1, 2]), ([0.0], [1, 2]), ([], [])])
+def test_bad_curves_are_clear_errors(levels, scores):
+    with pytest.raises(ValueError):
+        rb.auilc(levels, scores)
