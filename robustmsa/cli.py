@@ -314,6 +314,53 @@ def train_cmd(
     typer.echo("valid: " + ", ".join(f"{k} {v:.4f}" for k, v in valid.items()))
 
 
+@app.command("sweep")
+def sweep_cmd(
+    methods: str = typer.Option(..., "--methods", help="Comma-separated method names."),
+    corruptions: str = typer.Option("random_missing", "--corruptions", help="Comma-separated corruption names."),
+    levels: str = typer.Option("0:0.9:0.1", "--levels", help="START:STOP:STEP (stop included) or a comma list."),
+    seeds: int = typer.Option(1, "--seeds", help="Training seeds 1111, 1112, ..."),
+    out: Path = typer.Option(..., "--out", help="Run directory: cells/, manifest.json, results.csv."),
+    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    corruption_seed: int = typer.Option(1111, "--corruption-seed", help="Seed of the test-time corruptions."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAINING, help="Override the epochs."),
+    device: str = typer.Option("auto", "--device", rich_help_panel=TRAINING, help="auto, cpu, cuda, cuda:N."),
+    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", rich_help_panel=TRAINING,
+                                                help="features | hf:PATH | embedding."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=TRAINING,
+                                             help="Method config override (repeatable, applies to every method)."),
+    train_noise: Optional[str] = typer.Option(None, "--train-noise", rich_help_panel=TRAINING,
+                                              help="LNLN-style train-time noise: random_missing, word_drop, frame_drop."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", rich_help_panel=TRAINING,
+                                             help="Checkpoint cache (default ~/.cache/robustmsa/checkpoints)."),
+    data_root: Optional[Path] = DataRootOption,
+    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells that already have a record."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+) -> None:
+    """Evaluate methods under corruptions at a grid of levels; resumable (finished cells are skipped).
+
+    Example: robustmsa sweep --methods almt,lf_dnn --corruptions random_missing,blur --levels 0:0.9:0.1 --out runs/a
+    """
+    from .engine.evaluate import DEFAULT_SEEDS
+    from .sweep import parse_levels, run_sweep
+
+    if seeds < 1:
+        _fail(f"--seeds must be >= 1, got {seeds}")
+    grid_levels = _run(parse_levels, levels)
+    loaded = _load_for_training(data, dataset, data_root, label_family)
+    seed_list = list(DEFAULT_SEEDS[:seeds]) if seeds <= len(DEFAULT_SEEDS) else [1111 + i for i in range(seeds)]
+    summary = _run(run_sweep, [m.strip() for m in methods.split(",") if m.strip()], loaded,
+                   [c.strip() for c in corruptions.split(",") if c.strip()], grid_levels, seed_list, out,
+                   corruption_seed=corruption_seed, epochs=epochs, overrides=_parse_sets(set_),
+                   text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache_dir, force=force,
+                   quiet=quiet, command=shlex.join(["robustmsa", *sys.argv[1:]]))
+    typer.echo(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done; "
+               f"{summary.trained} model(s) trained; results in {summary.out}/results.csv "
+               f"({summary.seconds:.1f} s)")
+
+
 def _log(message: str) -> None:
     typer.secho(message, err=True, fg=typer.colors.BRIGHT_BLACK)
 

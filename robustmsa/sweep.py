@@ -1,0 +1,129 @@
+"""Noise sweeps: train each (method, seed) once, evaluate it under every corruption and level, one record per cell.
+
+Cells already in the results store are skipped, so re-running an interrupted sweep finishes it; ``force``
+recomputes. Training goes through the engine's checkpoint cache, so a model is trained at most once per
+(method, config, dataset, seed, train noise) across sweeps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import __version__
+from . import metrics as msa_metrics
+from .corruptions import create_corruption
+from .datasets.split import Dataset, Split
+from .engine.cache import cache_key
+from .engine.evaluate import evaluate_split
+from .engine.train import resolved_config, train
+from .provenance import environment, utc_now
+from .results import CellKey, ResultsStore
+
+__all__ = ["parse_levels", "SweepSummary", "run_sweep"]
+
+
+def parse_levels(text: str) -> list[float]:
+    """``start:stop:step`` (stop included) or a comma list, each level in [0, 1]: ``0:0.9:0.1`` -> 0.0 ... 0.9."""
+    text = text.strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"levels {text!r}: expected START:STOP:STEP, e.g. 0:0.9:0.1")
+        start, stop, step = (float(p) for p in parts)
+        if step <= 0 or stop < start:
+            raise ValueError(f"levels {text!r}: need STEP > 0 and STOP >= START")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        levels = [round(start + i * step, 10) for i in range(count)]
+    else:
+        levels = [float(p) for p in text.split(",") if p.strip()]
+    if not levels or any(not 0.0 <= v <= 1.0 for v in levels) or len(set(levels)) != len(levels):
+        raise ValueError(f"levels {text!r}: expected distinct values in [0, 1], got {levels}")
+    return sorted(levels)
+
+
+@dataclass
+class SweepSummary:
+    """Counts of a sweep run and where its results are."""
+
+    total: int
+    computed: int
+    skipped: int
+    trained: int
+    out: Path
+    seconds: float
+
+
+def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[str], levels: Sequence[float],
+              seeds: Sequence[int], out: str | Path, *, corruption_seed: int = 1111, epochs: int | None = None,
+              overrides: Mapping[str, Any] | None = None, text_backbone: str | None = None,
+              train_noise: str | None = None, device: str | None = "auto", cache: str | Path | None = None,
+              force: bool = False, quiet: bool = True, log: Callable[[str], None] | None = None,
+              command: str | None = None) -> SweepSummary:
+    """Run (or resume) the grid methods x seeds x corruptions x levels on ``dataset``; records go to ``out``."""
+    start = time.perf_counter()
+    store = ResultsStore(out)
+    for name in corruptions:  # fail on a bad corruption name before any training
+        create_corruption(name, 0.0)
+    grid = {"methods": list(methods), "corruptions": list(corruptions), "levels": list(levels),
+            "seeds": list(seeds), "corruption_seed": corruption_seed, "train_noise": train_noise}
+    store.write_manifest({"kind": "robustmsa.sweep", "command": command, "created": utc_now(), "grid": grid,
+                          "dataset": dataset.spec.to_dict(), "epochs": epochs, "overrides": dict(overrides or {}),
+                          "text_backbone": text_backbone, "environment": environment()})
+    total = len(methods) * len(seeds) * len(corruptions) * len(levels)
+    corrupted: dict[tuple[str, float], Split] = {}
+    computed = skipped = trained_count = 0
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), disable=quiet) as progress:
+        task = progress.add_task("sweep", total=total)
+        for method in methods:
+            config = resolved_config(method, dataset.spec, overrides, epochs=epochs, text_backbone=text_backbone)
+            config_hash = cache_key(config)[:16]
+            for seed in seeds:
+                keys = [CellKey(method, dataset.spec.fingerprint, int(seed), train_noise, config_hash, c, float(v),
+                                int(corruption_seed)) for c in corruptions for v in levels]
+                missing = [k for k in keys if force or not store.has(k)]
+                skipped += len(keys) - len(missing)
+                progress.advance(task, len(keys) - len(missing))
+                if not missing:
+                    continue
+                progress.update(task, description=f"train {method} seed {seed}")
+                model = train(method, dataset, seed=seed, overrides=overrides, epochs=epochs,
+                              text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache,
+                              quiet=True, log=log)
+                trained_count += int(not model.from_cache)
+                for key in missing:
+                    progress.update(task, description=f"{method} seed {seed} {key.corruption}@{key.level:g}")
+                    split = corrupted.get((key.corruption, key.level))
+                    if split is None:
+                        split = create_corruption(key.corruption, key.level)(dataset.test, corruption_seed)
+                        corrupted[(key.corruption, key.level)] = split
+                    eval_start = time.perf_counter()
+                    metrics = evaluate_split(model, split)
+                    store.write(key, {
+                        "kind": "robustmsa.cell", "created": utc_now(), "dataset_name": dataset.spec.name,
+                        "metrics": metrics,
+                        "higher_is_better": {m: msa_metrics.higher_is_better(m) for m in metrics},
+                        "realised": split.corruptions[-1]["realised"], "checkpoint": model.cache_path,
+                        "model_key": model.key, "train_from_cache": model.from_cache,
+                        "train_seconds": model.train_seconds, "eval_seconds": time.perf_counter() - eval_start,
+                        "method_config": config, "versions": {"robustmsa": __version__,
+                                                              "numpy": np.__version__},
+                    })
+                    computed += 1
+                    progress.advance(task)
+    frame = store.to_frame()
+    frame.to_csv(store.root / "results.csv", index=False)
+    try:
+        frame.to_parquet(store.root / "results.parquet", index=False)
+    except ImportError:  # pyarrow / fastparquet not installed: the CSV holds the same table
+        pass
+    return SweepSummary(total, computed, skipped, trained_count, store.root, time.perf_counter() - start)
