@@ -9,12 +9,12 @@ Definitions follow ``metrics-and-protocol.md`` section 5 of the project's refere
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 __all__ = ["mean_over_levels", "auilc", "retention", "mean_retention", "to_error", "corruption_error",
-           "relative_corruption_error", "effective_robustness", "check_curve"]
+           "relative_corruption_error", "effective_robustness", "check_curve", "summarize", "overall"]
 
 
 def check_curve(levels: Sequence[float], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -113,3 +113,79 @@ def effective_robustness(scores: Sequence[float], baseline_scores: Sequence[floa
         raise ValueError(f"curves must have the same length >= 2 (clean first), got {f.shape} and {b.shape}")
     gap = (f[1:] - f[0]) - (b[1:] - b[0])
     return float(gap.mean() if higher_is_better else -gap.mean())
+
+
+# --------------------------------------------------------------------------------------------- tables
+_GROUP = ["method", "dataset_name", "train_noise", "corruption", "metric"]
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    array = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if array.size == 0:
+        return float("nan"), float("nan")
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+def summarize(frame, baseline: str | None = "lf_dnn"):
+    """Per (method, dataset, train noise, corruption, metric): every summary, mean and std over seeds.
+
+    ``frame`` is the tidy table of a results store (``ResultsStore.to_frame()``). Columns of the result:
+    ``clean`` (level 0), ``at_<level>`` (mean score per level), ``mean_over_levels``, ``auilc`` (normalised;
+    ``grid`` gives its levels), ``retention`` (RA over the corrupted levels), and, against ``baseline`` (its
+    seed-mean curve on the same corruption, levels and metric; NaN where it is missing), ``ce``, ``relative_ce`` and
+    ``effective_robustness``; each with ``_std`` over seeds, and ``seeds``.
+    """
+    import pandas as pd
+
+    frame = frame.assign(train_noise=frame["train_noise"].fillna("none"))
+    base_curves: dict[tuple, pd.Series] = {}
+    if baseline is not None:
+        base = frame[frame["method"] == baseline]
+        for key, group in base.groupby(["dataset_name", "train_noise", "corruption", "metric"]):
+            base_curves[key] = group.groupby("level")["value"].mean().sort_index()
+    rows = []
+    for key, group in frame.groupby(_GROUP, sort=True):
+        method, dataset, noise, corruption, metric = key
+        higher = bool(group["higher_is_better"].iloc[0])
+        per_seed: dict[str, list[float]] = {k: [] for k in
+                                            ("clean", "mean_over_levels", "auilc", "retention", "ce", "relative_ce",
+                                             "effective_robustness")}
+        levels = sorted(group["level"].unique())
+        b = base_curves.get((dataset, noise, corruption, metric))
+        for _, seed_group in group.groupby("seed"):
+            curve = seed_group.groupby("level")["value"].mean().reindex(levels)
+            r, f = np.asarray(curve.index, dtype=float), curve.to_numpy(dtype=float)
+            clean = f[0] if r[0] == 0.0 else float("nan")
+            per_seed["clean"].append(clean)
+            per_seed["mean_over_levels"].append(mean_over_levels(f))
+            per_seed["auilc"].append(auilc(r, f)[1] if r.size > 1 else float("nan"))
+            corrupted = f[r > 0]
+            per_seed["retention"].append(mean_retention(clean, corrupted, higher) if corrupted.size else float("nan"))
+            if b is not None and list(b.index) == levels and corrupted.size and r[0] == 0.0:
+                bf = b.to_numpy(dtype=float)
+                err, base_err = to_error(f, higher), to_error(bf, higher)
+                per_seed["ce"].append(corruption_error(err[1:], base_err[1:]))
+                per_seed["relative_ce"].append(relative_corruption_error(err[0], err[1:], base_err[0], base_err[1:]))
+                per_seed["effective_robustness"].append(effective_robustness(f, bf, higher))
+        row: dict[str, Any] = dict(zip(_GROUP, key))
+        row.update({"higher_is_better": higher, "seeds": int(group["seed"].nunique()),
+                    "grid": ",".join(f"{v:g}" for v in levels)})
+        for name, values in per_seed.items():
+            row[name], row[f"{name}_std"] = _stats(values)
+        for level, value in group.groupby("level")["value"].mean().items():
+            row[f"at_{level:g}"] = float(value)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def overall(summary):
+    """Per (method, dataset, train noise, metric): means over corruptions — mRA, mCE, relative mCE, effective
+    robustness, mean over levels and AUILC — and the clean score."""
+    columns = {"clean": "clean", "mean_over_levels": "mean_over_levels", "auilc": "auilc", "retention": "mRA",
+               "ce": "mCE", "relative_ce": "relative_mCE", "effective_robustness": "effective_robustness"}
+    grouped = summary.groupby(["method", "dataset_name", "train_noise", "metric"], sort=True)
+    table = grouped[list(columns)].mean().rename(columns=columns)
+    table["corruptions"] = grouped["corruption"].nunique()
+    table["seeds"] = grouped["seeds"].max()
+    table["higher_is_better"] = grouped["higher_is_better"].first()
+    return table.reset_index()

@@ -51,3 +51,35 @@ def test_effective_robustness_sign_reads_the_same_for_scores_and_errors():
 def test_bad_curves_are_clear_errors(levels, scores):
     with pytest.raises(ValueError):
         rb.auilc(levels, scores)
+
+
+def test_summarize_and_overall_on_a_hand_made_store_table():
+    import pandas as pd
+
+    rows = []
+    curves = {("m", 1): [0.8, 0.7, 0.6], ("m", 2): [0.8, 0.5, 0.4], ("lf_dnn", 1): [0.7, 0.5, 0.3],
+              ("lf_dnn", 2): [0.7, 0.5, 0.3]}
+    for (method, seed), values in curves.items():
+        for level, value in zip(LEVELS, values):
+            rows.append({"method": method, "dataset_name": "d", "train_noise": None, "corruption": "c",
+                         "metric": "acc", "level": level, "seed": seed, "value": value, "higher_is_better": True})
+    summary = rb.summarize(pd.DataFrame(rows))
+    m = summary[summary["method"] == "m"].iloc[0]
+    assert m["clean"] == pytest.approx(0.8) and m["clean_std"] == pytest.approx(0.0)
+    assert m["at_0.5"] == pytest.approx(0.6) and m["grid"] == "0,0.5,1" and m["seeds"] == 2
+    assert m["mean_over_levels"] == pytest.approx(np.mean([0.7, 17 / 30]))
+    # AUILC (normalised) per seed: seed 1 (0.75 + 0.65) / 2 = 0.7; seed 2 (0.65 + 0.45) / 2 = 0.55
+    assert m["auilc"] == pytest.approx(0.625) and m["auilc_std"] == pytest.approx(np.std([0.7, 0.55], ddof=1))
+    assert m["retention"] == pytest.approx(np.mean([(0.7 + 0.6) / 1.6, (0.5 + 0.4) / 1.6]))
+    # CE per seed vs baseline errors (0.5, 0.7): seed 1 (0.3 + 0.4) / 1.2, seed 2 (0.5 + 0.6) / 1.2
+    assert m["ce"] == pytest.approx(np.mean([0.7 / 1.2, 1.1 / 1.2]))
+    # relative CE: seed 1 (0.1 + 0.2) / (0.2 + 0.4) = 0.5; seed 2 (0.3 + 0.4) / 0.6
+    assert m["relative_ce"] == pytest.approx(np.mean([0.5, 0.7 / 0.6]))
+    # ER: seed 1 gaps (-0.1 + 0.2), (-0.2 + 0.4) -> 0.15; seed 2 (-0.3 + 0.2), (-0.4 + 0.4) -> -0.05
+    assert m["effective_robustness"] == pytest.approx(0.05)
+    base = summary[summary["method"] == "lf_dnn"].iloc[0]
+    assert base["ce"] == pytest.approx(1.0) and base["effective_robustness"] == pytest.approx(0.0)
+    table = rb.overall(summary)
+    row = table[table["method"] == "m"].iloc[0]
+    assert row["mCE"] == pytest.approx(m["ce"]) and row["mRA"] == pytest.approx(m["retention"])
+    assert row["corruptions"] == 1 and row["seeds"] == 2
