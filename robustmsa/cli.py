@@ -359,6 +359,26 @@ def sweep_cmd(
     typer.echo(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done; "
                f"{summary.trained} model(s) trained; results in {summary.out}/results.csv "
                f"({summary.seconds:.1f} s)")
+    written = _run(_plot_run_dir, summary.out, "Non0_acc_2" if loaded.spec.label_family == "mosi" else "Mult_acc_2")
+    typer.echo(f"plots: {len(written)} files in {summary.out / 'plots'}")
+
+
+def _plot_run_dir(run: Path, metric: str) -> list[Path]:
+    from .plots import plot_run
+    from .results import ResultsStore
+
+    frame = ResultsStore(run).to_frame()
+    if frame.empty:
+        raise FileNotFoundError(f"{run}: no cell records under {run / 'cells'} (is it a sweep's --out directory?)")
+    return plot_run(frame, Path(run) / "plots", metric)
+
+
+@app.command("plot")
+def plot_cmd(run: Path = typer.Argument(..., help="A sweep's --out directory."),
+             metric: str = typer.Option("Non0_acc_2", "--metric", help="Metric to plot (MMSA key).")) -> None:
+    """Degradation curves per corruption (+-1 std band over seeds), a grid of them and a heatmap; PNG and SVG."""
+    written = _run(_plot_run_dir, run, metric)
+    typer.echo(f"wrote {len(written)} files to {run / 'plots'}")
 
 
 def _log(message: str) -> None:

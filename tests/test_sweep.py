@@ -48,8 +48,17 @@ def test_sweep_writes_every_cell_once_and_a_tidy_table(tmp_path):
     assert len(frame) == 24 * 8 and set(frame["metric"]) >= {"MAE", "Non0_acc_2"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["grid"]["levels"] == [0.0, 0.5, 1.0] and manifest["environment"]["robustmsa"]
+    plots = {p.name for p in (out / "plots").iterdir()}
+    assert {f"{stem}.{ext}" for stem in ("curve_random_missing", "curve_blur", "curves_grid", "heatmap")
+            for ext in ("png", "svg")} <= plots
     again = CliRunner().invoke(app, [*ARGS, "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     assert "0 computed, 24 already done; 0 model(s) trained" in again.output
+    replot = CliRunner().invoke(app, ["plot", str(out), "--metric", "MAE"])
+    assert replot.exit_code == 0 and "wrote 8 files" in replot.output
+    bad = CliRunner().invoke(app, ["plot", str(out), "--metric", "acc"])
+    assert bad.exit_code == 1 and "not in the results" in bad.output
+    empty = CliRunner().invoke(app, ["plot", str(tmp_path)])
+    assert empty.exit_code == 1 and "no cell records" in empty.output
 
 
 def test_sweep_resumes_after_sigkill_with_each_cell_written_once(tmp_path):
