@@ -381,6 +381,59 @@ def plot_cmd(run: Path = typer.Argument(..., help="A sweep's --out directory."),
     typer.echo(f"wrote {len(written)} files to {run / 'plots'}")
 
 
+class BoardFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    html = "html"
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more sweep --out directories."),
+    metric: str = typer.Option("acc2", "--metric", help="acc2, f1, acc5, acc7, mae, corr, or an MMSA key."),
+    format_: BoardFormat = typer.Option(BoardFormat.table, "--format", help="table, markdown, csv or html."),
+    baseline: str = typer.Option("lf_dnn", "--baseline", help="Method that mCE and relative mCE normalise against."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write to this file instead of the terminal."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
+) -> None:
+    """Rank methods by robustness across one or more sweeps.
+
+    Example: robustmsa leaderboard runs/a runs/b --metric acc2 --format html --output board.html
+    """
+    from ._io import atomic_open
+    from .leaderboard import build, load_runs, to_html, to_markdown
+
+    if output is not None and output.exists() and not force:
+        _fail(f"{output} already exists; pass --force to overwrite it")
+    frame = _run(load_runs, runs)
+    board = _run(build, frame, metric, baseline)
+    if format_ is BoardFormat.markdown:
+        text = to_markdown(board)
+    elif format_ is BoardFormat.csv:
+        text = board.to_csv(index=False)
+    elif format_ is BoardFormat.html:
+        plots = [p for run in runs for p in sorted((run / "plots").glob("*.png"))]
+        text = to_html(board, plots)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*map(str, board.columns), title=to_markdown(board).splitlines()[0])
+        for row in board.itertuples(index=False):
+            table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        if output is None:
+            Console(width=max(Console().width, 200)).print(table)  # 16 columns: never squeeze them unreadable
+            return
+        text = to_markdown(board)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    with atomic_open(output, force=force, mode="w") as handle:
+        handle.write(text)
+    typer.echo(f"wrote {output}")
+
+
 def _log(message: str) -> None:
     typer.secho(message, err=True, fg=typer.colors.BRIGHT_BLACK)
 

@@ -59,6 +59,21 @@ def test_sweep_writes_every_cell_once_and_a_tidy_table(tmp_path):
     assert bad.exit_code == 1 and "not in the results" in bad.output
     empty = CliRunner().invoke(app, ["plot", str(tmp_path)])
     assert empty.exit_code == 1 and "no cell records" in empty.output
+    for fmt, marker in (("table", "rank"), ("markdown", "| rank | method"), ("csv", "rank,method")):
+        board = CliRunner().invoke(app, ["leaderboard", str(out), "--metric", "acc2", "--format", fmt])
+        assert board.exit_code == 0 and marker in board.output, board.output
+        assert "almt" in board.output and "lf_dnn" in board.output
+    page = tmp_path / "board.html"
+    made = CliRunner().invoke(app, ["leaderboard", str(out), "--metric", "mae", "--format", "html",
+                                    "--output", str(page)])
+    assert made.exit_code == 0, made.output
+    text = page.read_text()
+    assert text.startswith("<!doctype html>") and "data:image/png;base64," in text and "<script>" in text
+    assert "http://" not in text and "https://" not in text  # self-contained
+    refused = CliRunner().invoke(app, ["leaderboard", str(out), "--format", "html", "--output", str(page)])
+    assert refused.exit_code == 1 and "already exists" in refused.output
+    unknown = CliRunner().invoke(app, ["leaderboard", str(out), "--metric", "bleu"])
+    assert unknown.exit_code == 1 and "unknown metric" in unknown.output
 
 
 def test_sweep_resumes_after_sigkill_with_each_cell_written_once(tmp_path):
