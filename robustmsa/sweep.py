@@ -100,6 +100,7 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                               text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache,
                               quiet=True, log=log)
                 trained_count += int(not model.from_cache)
+                clean_metrics: dict[str, float] | None = None  # severity 0 is the identity: evaluate it once
                 for key in missing:
                     progress.update(task, description=f"{method} seed {seed} {key.corruption}@{key.level:g}")
                     split = corrupted.get((key.corruption, key.level))
@@ -107,7 +108,11 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                         split = create_corruption(key.corruption, key.level)(dataset.test, corruption_seed)
                         corrupted[(key.corruption, key.level)] = split
                     eval_start = time.perf_counter()
-                    metrics = evaluate_split(model, split)
+                    if key.level == 0.0:
+                        clean_metrics = clean_metrics or evaluate_split(model, dataset.test)
+                        metrics = dict(clean_metrics)
+                    else:
+                        metrics = evaluate_split(model, split)
                     store.write(key, {
                         "kind": "robustmsa.cell", "created": utc_now(), "dataset_name": dataset.spec.name,
                         "metrics": metrics,
