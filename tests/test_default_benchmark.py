@@ -1,6 +1,7 @@
 """The embedded default end to end: ALMT beats LF-DNN, both beat the training mean, noise hurts ALMT.
 
-The two trainings (about 25 s on 2 CPU threads together) are shared by every test in this module.
+The two trainings (about 25 s on 2 CPU threads together) are shared by every test in this module; the last test
+checks that ALMT's degradation curve on synth does not rise with the level for the sweep's five corruptions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def results():
     with pytest.warns(RuntimeWarning):  # a constant prediction has no correlation
         baseline = compute(mean, data.test.regression_labels, "mosi")
     return {
+        "data": data, "models": models,
         "clean": {name: evaluate_split(m, data.test) for name, m in models.items()},
         "noisy": {name: evaluate_split(m, noisy_test) for name, m in models.items()},
         "mean": baseline,
@@ -42,3 +44,15 @@ def test_noise_degrades_almt_acc2_and_mae(results):
     clean, noisy = results["clean"]["almt"], results["noisy"]["almt"]
     assert noisy["Has0_acc_2"] < clean["Has0_acc_2"] and noisy["Non0_acc_2"] < clean["Non0_acc_2"]
     assert noisy["MAE"] > clean["MAE"]
+
+
+@pytest.mark.parametrize("corruption", ["random_missing", "word_drop", "word_shuffle", "frame_drop", "blur"])
+def test_almt_degradation_curves_are_non_increasing_within_noise(results, corruption):
+    data, almt = results["data"], results["models"]["almt"]
+    curve = [evaluate_split(almt, create_corruption(corruption, level)(data.test, seed=1111))
+             for level in (0.0, 0.3, 0.6, 0.9)]
+    tolerance = 0.015  # one seed, 500 test samples: a few samples' worth of noise
+    for lower, higher in zip(curve, curve[1:]):
+        assert higher["Non0_acc_2"] <= lower["Non0_acc_2"] + tolerance
+        assert higher["MAE"] >= lower["MAE"] - tolerance
+    assert curve[-1]["MAE"] >= curve[0]["MAE"]
