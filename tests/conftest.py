@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustmsa.datasets.split import CLS_ID, SEP_ID, Dataset, DatasetSpec, Split
+from robustmsa.datasets.split import CLS_ID, SEP_ID, Dataset, Split
 
 
 def make_raw_split(n: int = 40, lt: int = 12, la: int = 30, lv: int = 20, dt: int = 8, da: int = 5, dv: int = 6,
@@ -73,3 +73,38 @@ def split() -> Split:
 @pytest.fixture
 def big_split() -> Split:
     return make_split(n=400, lt=30, la=60, lv=50)
+
+
+# ------------------------------------------------------------------ shared by the method tests
+BATCH_FIELDS = ("text", "text_ids", "text_mask", "text_segments", "audio", "vision", "audio_lengths",
+                "vision_lengths", "labels", "index")
+
+
+def tiny_synth_dataset(n_train: int = 96, n_valid: int = 32, n_test: int = 32) -> Dataset:
+    """The embedded synth benchmark cut to a few samples per split (training takes well under a second)."""
+    from robustmsa.datasets import load
+
+    full = load("synth")
+    return Dataset(full.spec, {"train": full.train.select(slice(0, n_train)),
+                               "valid": full.valid.select(slice(0, n_valid)),
+                               "test": full.test.select(slice(0, n_test))})
+
+
+def batch_of(dataset: Dataset, n: int = 8, split: str = "train"):
+    """The first ``n`` samples of ``split`` as a Batch."""
+    import torch
+
+    from robustmsa.engine.batches import SplitTensors
+
+    return SplitTensors.from_split(dataset[split]).batch(torch.arange(n))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tiny tensors (fastest, immune to a busy second core); restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -11,7 +11,6 @@ import torch
 from torch.nn import functional as F
 
 import robustmsa.methods.cmcbep_cl  # noqa: F401  (registers "cmcbep_cl")
-from robustmsa.datasets import load
 from robustmsa.datasets.registry import registered_spec
 from robustmsa.datasets.split import Dataset, DatasetSpec
 from robustmsa.engine.batches import SplitTensors, iterate_batches
@@ -22,8 +21,9 @@ from robustmsa.methods.cmcbep_cl import (AUX_LOSSES, CMCBEPCL, MODALITY_ORDER, C
 # A tiny configuration of the real architecture (every block, narrow widths) for fast tests.
 TINY = {"d_prjh": 16, "d_vout": 16, "d_aout": 16, "d_vh": 4, "d_ah": 4, "multi_head": 4, "ff_size": 32,
         "lead_encoder_heads": 4, "lead_encoder_ff": 8}
-FIELDS = ("text", "text_ids", "text_mask", "text_segments", "audio", "vision", "audio_lengths", "vision_lengths",
-          "labels", "index")
+from conftest import BATCH_FIELDS as FIELDS, tiny_synth_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_spec(name: str = "tiny", dims=(12, 3, 5), lens=(6, 7, 9)) -> DatasetSpec:
@@ -59,20 +59,9 @@ def tiny_model(**overrides) -> CMCBEPCL:
     return create_method("cmcbep_cl", make_spec(), **{**TINY, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest (and immune to a busy second core); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_synth() -> Dataset:
-    full = load("synth")
-    return Dataset(full.spec, {"train": full.train.select(slice(0, 96)), "valid": full.valid.select(slice(0, 32)),
-                               "test": full.test.select(slice(0, 32))})
+    return tiny_synth_dataset()
 
 
 # ------------------------------------------------------------------ parameter counts (outside the text encoder)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import tiny_synth_dataset
+
 from robustmsa.cli import app
-from robustmsa.datasets import load
 from robustmsa.datasets.split import Dataset
 from robustmsa.engine.cache import DamagedCacheWarning
 from robustmsa.engine.evaluate import evaluate_split, run_eval
@@ -25,10 +26,7 @@ from robustmsa.engine.batches import SplitTensors, iterate_batches
 @pytest.fixture(scope="module")
 def small() -> Dataset:
     """The embedded synth benchmark, cut to a few hundred samples so that training takes a second or two."""
-    full = load("synth")
-    cut = {"train": full.train.select(slice(0, 240)), "valid": full.valid.select(slice(0, 80)),
-           "test": full.test.select(slice(0, 120))}
-    return Dataset(full.spec, cut)
+    return tiny_synth_dataset(240, 80, 120)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import robustmsa.methods.mecam  # noqa: F401  (registers "mecam")
-from robustmsa.datasets import load
 from robustmsa.datasets.registry import registered_spec
 from robustmsa.datasets.split import Dataset
 from robustmsa.engine.batches import SplitTensors, iterate_batches
@@ -23,28 +22,15 @@ from robustmsa.methods.mecam import (
 )
 from robustmsa.methods.mmim import MMILB, MMIM, FusionSubNet
 
-FIELDS = ("text", "text_ids", "text_mask", "text_segments", "audio", "vision", "audio_lengths",
-          "vision_lengths", "labels", "index")
+from conftest import BATCH_FIELDS as FIELDS, batch_of, tiny_synth_dataset
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Dataset:
-    full = load("synth")
-    return Dataset(full.spec, {"train": full.train.select(slice(0, 96)),
-                               "valid": full.valid.select(slice(0, 32)),
-                               "test": full.test.select(slice(0, 32))})
+    return tiny_synth_dataset()
 
-
-def batch_of(dataset: Dataset, n: int = 8, split: str = "train") -> Batch:
-    return SplitTensors.from_split(dataset[split]).batch(torch.arange(n))
 
 
 def replaced(batch: Batch, **changes) -> Batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import BATCH_FIELDS
 from robustmsa.datasets import load
 from robustmsa.datasets.registry import registered_spec
 from robustmsa.engine.batches import SplitTensors
@@ -34,12 +35,9 @@ def test_eval_prediction_of_a_sample_does_not_depend_on_its_batch(name, synth_ba
     model = create_method(name, spec).eval()
     with torch.no_grad():
         together = model(batch).pred
-        alone = torch.cat([model(batch.__class__(**{**{f: getattr(batch, f)[i:i + 1] for f in (
-            "text", "text_ids", "text_mask", "text_segments", "audio", "vision", "audio_lengths", "vision_lengths",
-            "labels", "index")}})).pred for i in range(len(batch))])
-        reversed_order = model(batch.__class__(**{f: getattr(batch, f).flip(0) for f in (
-            "text", "text_ids", "text_mask", "text_segments", "audio", "vision", "audio_lengths", "vision_lengths",
-            "labels", "index")})).pred.flip(0)
+        alone = torch.cat([model(batch.__class__(**{f: getattr(batch, f)[i:i + 1] for f in BATCH_FIELDS})).pred
+                           for i in range(len(batch))])
+        reversed_order = model(batch.__class__(**{f: getattr(batch, f).flip(0) for f in BATCH_FIELDS})).pred.flip(0)
     torch.testing.assert_close(alone, together, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reversed_order, together, atol=1e-5, rtol=1e-4)
 
@@ -49,8 +47,8 @@ def test_absent_modalities_give_finite_outputs_and_gradients(name, synth_batch):
     spec, batch = synth_batch
     torch.manual_seed(0)
     model = create_method(name, spec).train()
-    absent = batch.__class__(**{**{f: getattr(batch, f) for f in (
-        "text", "text_ids", "text_mask", "text_segments", "labels", "index")},
+    absent = batch.__class__(**{**{f: getattr(batch, f) for f in BATCH_FIELDS
+           if f not in ("audio", "vision", "audio_lengths", "vision_lengths")},
         "audio": torch.zeros_like(batch.audio), "vision": torch.zeros_like(batch.vision),
         "audio_lengths": torch.zeros_like(batch.audio_lengths), "vision_lengths": torch.zeros_like(batch.vision_lengths)})
     output = model(absent)

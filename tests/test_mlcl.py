@@ -17,8 +17,7 @@ from robustmsa.methods.mult_layers import MulTEncoder, fairseq_positions, length
 
 # The real architecture at small widths (heads divide d_model).
 TINY = {"d_model": 16, "num_heads": 4, "layers": 2, "ct_depth": 2, "ct_dim_head": 4, "fusion_ff_dim": 32}
-FIELDS = ("text", "text_ids", "text_mask", "text_segments", "audio", "vision", "audio_lengths", "vision_lengths",
-          "labels", "index")
+from conftest import BATCH_FIELDS as FIELDS, tiny_synth_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -238,9 +237,7 @@ def test_audio_and_vision_widths_come_from_the_data(dims):
 
 
 def tiny_synth(n_train: int = 96) -> Dataset:
-    full = load("synth")
-    return Dataset(full.spec, {"train": full.train.select(slice(0, n_train)), "valid": full.valid.select(slice(0, 32)),
-                               "test": full.test.select(slice(0, 32))})
+    return tiny_synth_dataset(n_train)
 
 
 def test_training_lowers_the_loss_on_tiny_synth_data():

@@ -7,36 +7,21 @@ import pytest
 import torch
 
 import robustmsa.methods.mmim  # noqa: F401  (registers "mmim")
-from robustmsa.datasets import load
 from robustmsa.datasets.registry import registered_spec
 from robustmsa.datasets.split import Dataset
 from robustmsa.engine.batches import SplitTensors, iterate_batches
 from robustmsa.methods.base import Batch, create_method, resolve_config
 from robustmsa.methods.mmim import CPC, MMIM, EntropyMemory, gaussian_logdet
 
-FIELDS = ("text", "text_ids", "text_mask", "text_segments", "audio", "vision", "audio_lengths",
-          "vision_lengths", "labels", "index")
+from conftest import BATCH_FIELDS as FIELDS, batch_of, tiny_synth_dataset
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny LSTM steps gain nothing from more threads (and suffer on a busy machine); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Dataset:
-    full = load("synth")
-    return Dataset(full.spec, {"train": full.train.select(slice(0, 96)),
-                               "valid": full.valid.select(slice(0, 32)),
-                               "test": full.test.select(slice(0, 32))})
+    return tiny_synth_dataset()
 
-
-def batch_of(dataset: Dataset, n: int = 8, split: str = "train") -> Batch:
-    return SplitTensors.from_split(dataset[split]).batch(torch.arange(n))
 
 
 def sub_batch(batch: Batch, index) -> Batch:
