@@ -226,6 +226,13 @@ def _load_for_training(data: Optional[str], dataset: str, data_root, label_famil
 TRAINING = "training"
 
 
+def _seed_list(count: int) -> list[int]:
+    """``--seeds N``: MMSA's seeds 1111, 1112, ... (N of them)."""
+    if count < 1:
+        _fail(f"--seeds must be >= 1, got {count}")
+    return [1111 + i for i in range(count)]
+
+
 @app.command("eval")
 def eval_cmd(
     method: str = typer.Option(..., "--method", help="Method name (robustmsa list methods)."),
@@ -260,15 +267,13 @@ def eval_cmd(
     import json
 
     from ._io import atomic_open
-    from .engine.evaluate import DEFAULT_SEEDS, run_eval
+    from .engine.evaluate import run_eval
     from .engine.report import eval_table
 
-    if seeds < 1:
-        _fail(f"--seeds must be >= 1, got {seeds}")
     if output is not None and output.exists() and not force:
         _fail(f"{output} already exists; pass --force to overwrite it")
     loaded = _load_for_training(data, dataset, data_root, label_family)
-    seed_list = list(DEFAULT_SEEDS[:seeds]) if seeds <= len(DEFAULT_SEEDS) else [1111 + i for i in range(seeds)]
+    seed_list = _seed_list(seeds)
     record = _run(run_eval, method, loaded, corruption=corruption, severity=noise, corruption_seed=corruption_seed,
                   modalities=modality or None, seeds=seed_list, overrides=_parse_sets(set_), epochs=epochs,
                   text_backbone=text_backbone, train_noise=train_noise, device=device, use_cache=not no_cache,
@@ -343,14 +348,11 @@ def sweep_cmd(
 
     Example: robustmsa sweep --methods almt,lf_dnn --corruptions random_missing,blur --levels 0:0.9:0.1 --out runs/a
     """
-    from .engine.evaluate import DEFAULT_SEEDS
     from .sweep import parse_levels, run_sweep
 
-    if seeds < 1:
-        _fail(f"--seeds must be >= 1, got {seeds}")
     grid_levels = _run(parse_levels, levels)
     loaded = _load_for_training(data, dataset, data_root, label_family)
-    seed_list = list(DEFAULT_SEEDS[:seeds]) if seeds <= len(DEFAULT_SEEDS) else [1111 + i for i in range(seeds)]
+    seed_list = _seed_list(seeds)
     summary = _run(run_sweep, [m.strip() for m in methods.split(",") if m.strip()], loaded,
                    [c.strip() for c in corruptions.split(",") if c.strip()], grid_levels, seed_list, out,
                    corruption_seed=corruption_seed, epochs=epochs, overrides=_parse_sets(set_),
