@@ -20,7 +20,7 @@ from . import metrics as msa_metrics
 from .corruptions import create_corruption
 from .datasets.split import Dataset, Split
 from .engine.cache import cache_key
-from .engine.evaluate import evaluate_split
+from .engine.evaluate import SplitEvaluator
 from .engine.train import resolved_config, train
 from .provenance import environment, utc_now
 from .results import CellKey, ResultsStore
@@ -100,7 +100,7 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                               text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache,
                               quiet=True, log=log)
                 trained_count += int(not model.from_cache)
-                clean_metrics: dict[str, float] | None = None  # severity 0 is the identity: evaluate it once
+                evaluator = SplitEvaluator(model, dataset.test)  # clean pass once; untouched modalities reused
                 for key in missing:
                     progress.update(task, description=f"{method} seed {seed} {key.corruption}@{key.level:g}")
                     split = corrupted.get((key.corruption, key.level))
@@ -108,16 +108,16 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                         split = create_corruption(key.corruption, key.level)(dataset.test, corruption_seed)
                         corrupted[(key.corruption, key.level)] = split
                     eval_start = time.perf_counter()
-                    if key.level == 0.0:
-                        clean_metrics = clean_metrics or evaluate_split(model, dataset.test)
-                        metrics = dict(clean_metrics)
+                    if key.level == 0.0:  # severity 0 is the identity
+                        metrics, reused = evaluator.clean(), []
                     else:
-                        metrics = evaluate_split(model, split)
+                        metrics, reused = evaluator.evaluate(split)
                     store.write(key, {
                         "kind": "robustmsa.cell", "created": utc_now(), "dataset_name": dataset.spec.name,
                         "metrics": metrics,
                         "higher_is_better": {m: msa_metrics.higher_is_better(m) for m in metrics},
-                        "realised": split.corruptions[-1]["realised"], "checkpoint": model.cache_path,
+                        "realised": split.corruptions[-1]["realised"], "reused_clean_encodings": reused,
+                        "checkpoint": model.cache_path,
                         "model_key": model.key, "train_from_cache": model.from_cache,
                         "train_seconds": model.train_seconds, "eval_seconds": time.perf_counter() - eval_start,
                         "method_config": config, "versions": {"robustmsa": __version__,

@@ -58,3 +58,41 @@ def test_absent_modalities_give_finite_outputs_and_gradients(name, synth_batch):
     total.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+ENCODER_FIELDS = {"text": ("text", "text_ids", "text_mask", "text_segments"), "audio": ("audio", "audio_lengths"),
+                  "vision": ("vision", "vision_lengths")}
+
+
+def _perturbed(batch, modality: str):
+    """``batch`` with every input except ``modality``'s replaced by different values."""
+    fields = {f: getattr(batch, f) for f in BATCH_FIELDS}
+    generator = torch.Generator().manual_seed(7)
+    for other, names in ENCODER_FIELDS.items():
+        if other == modality:
+            continue
+        for name in names:
+            value = fields[name]
+            if value.is_floating_point():
+                fields[name] = torch.randn(value.shape, generator=generator)
+            elif name.endswith("lengths"):
+                fields[name] = torch.clamp(value - 3, min=0)
+            elif name == "text_mask":
+                fields[name] = value.flip(1)
+            else:
+                fields[name] = value.flip(0)
+    return batch.__class__(**fields)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if create_method(m, registered_spec("mosi")).unimodal_encoders])
+def test_unimodal_encoders_read_only_their_modality_and_reproduce_forward(name, synth_batch):
+    """What the engine's encoding reuse relies on (``Method.unimodal_encoders``)."""
+    spec, batch = synth_batch
+    torch.manual_seed(0)
+    model = create_method(name, spec).eval()
+    with torch.no_grad():
+        encoded = {m: model.encode_modality(batch, m) for m in model.unimodal_encoders}
+        torch.testing.assert_close(model.forward_encoded(batch, encoded).pred, model(batch).pred, atol=0, rtol=0)
+        for modality in model.unimodal_encoders:
+            torch.testing.assert_close(model.encode_modality(_perturbed(batch, modality), modality),
+                                       encoded[modality], atol=1e-6, rtol=1e-5)

@@ -19,19 +19,62 @@ from ..corruptions import create_corruption
 from ..datasets.split import Dataset, Split
 from ..provenance import environment, utc_now
 from .cache import cache_key
+from .reuse import Encodings, unchanged_modalities
 from .train import TrainedModel, predict, train
 
-__all__ = ["evaluate_split", "run_eval", "aggregate", "DEFAULT_SEEDS"]
+__all__ = ["evaluate_split", "SplitEvaluator", "run_eval", "aggregate", "DEFAULT_SEEDS"]
 
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)  # MMSA's seeds
 
 
-def evaluate_split(trained: TrainedModel, split: Split) -> dict[str, float]:
-    """Metrics of ``trained`` on ``split`` for the dataset's label family."""
-    preds = predict(trained.model, split, device=trained.device)
+def _metrics(trained: TrainedModel, preds: np.ndarray, split: Split) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", msa_metrics.ConstantInputWarning)  # NaN Corr is reported as such
         return msa_metrics.compute(preds, split.regression_labels, trained.spec.label_family)
+
+
+def evaluate_split(trained: TrainedModel, split: Split) -> dict[str, float]:
+    """Metrics of ``trained`` on ``split`` for the dataset's label family."""
+    return _metrics(trained, predict(trained.model, split, device=trained.device), split)
+
+
+class SplitEvaluator:
+    """Evaluates one trained model on a clean split and on corrupted copies of it.
+
+    The clean pass is computed once. For a method with unimodal encoders it keeps their outputs, and each
+    corrupted copy then recomputes only the modalities whose inputs differ from the clean split; the others
+    are gathered from the clean pass. Predictions equal those of a plain forward pass (tested).
+    """
+
+    def __init__(self, trained: TrainedModel, clean: Split, *, reuse: bool = True) -> None:
+        self.trained, self.clean_split = trained, clean
+        self.reuse = reuse and bool(trained.model.unimodal_encoders)
+        self._clean: dict[str, float] | None = None
+        self._encodings: Encodings | None = None
+
+    def clean(self) -> dict[str, float]:
+        """Metrics on the clean split (computed on first use)."""
+        if self._clean is None:
+            model, device = self.trained.model, self.trained.device
+            if self.reuse:
+                preds, self._encodings = predict(model, self.clean_split, device=device, keep_encodings=True)
+            else:
+                preds = predict(model, self.clean_split, device=device)
+            self._clean = _metrics(self.trained, preds, self.clean_split)
+        return dict(self._clean)
+
+    def evaluate(self, split: Split) -> tuple[dict[str, float], list[str]]:
+        """Metrics on ``split`` (a corrupted copy of the clean split) and the modalities whose encodings were reused."""
+        if not self.reuse:
+            return evaluate_split(self.trained, split), []
+        unchanged = unchanged_modalities(self.clean_split, split) & set(self.trained.model.unimodal_encoders)
+        if unchanged == set(self.trained.model.unimodal_encoders):
+            return self.clean(), sorted(unchanged)
+        if unchanged:
+            self.clean()  # computes the encodings to reuse
+        preds = predict(self.trained.model, split, device=self.trained.device, reuse=self._encodings,
+                        reuse_modalities=unchanged)
+        return _metrics(self.trained, preds, split), sorted(unchanged)
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -72,13 +115,14 @@ def run_eval(method: str, dataset: Dataset, *, corruption: str = "random_missing
                         train_noise=train_noise, device=device, use_cache=use_cache, cache=cache, quiet=quiet,
                         log=log)
         eval_start = time.perf_counter()
-        clean = evaluate_split(trained, dataset.test)
-        noisy = evaluate_split(trained, corrupted_test)
+        evaluator = SplitEvaluator(trained, dataset.test)
+        clean = evaluator.clean()
+        noisy, reused = evaluator.evaluate(corrupted_test)
         per_seed.append({
             "seed": seed, "cache_key": trained.key, "from_cache": trained.from_cache, "checkpoint": trained.cache_path,
             "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
             "train_seconds": trained.train_seconds, "eval_seconds": time.perf_counter() - eval_start,
-            "clean": clean, "corrupted": noisy,
+            "clean": clean, "corrupted": noisy, "reused_clean_encodings": reused,
         })
     assert trained is not None, "at least one seed is required"
     config = trained.config

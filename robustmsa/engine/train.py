@@ -23,6 +23,7 @@ from .batches import SplitTensors, iterate_batches
 from .cache import cache_dir, cache_key, entry_path, load_entry, save_entry
 from .device import autocast, resolve_device, seed_everything
 from .noise import TrainNoise
+from .reuse import Encodings
 
 __all__ = ["TrainedModel", "train", "predict", "resolved_config"]
 
@@ -66,20 +67,46 @@ def _model_key(method: str, config: Mapping[str, Any], spec: DatasetSpec, seed: 
 
 @torch.no_grad()
 def predict(model: Method, split: Split | SplitTensors, *, device: torch.device | str = "cpu",
-            batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Regression predictions (N,) of ``model`` on ``split``, in split order."""
+            batch_size: int = EVAL_BATCH, reuse: Encodings | None = None,
+            reuse_modalities: set[str] | frozenset[str] = frozenset(),
+            keep_encodings: bool = False) -> np.ndarray | tuple[np.ndarray, Encodings]:
+    """Regression predictions (N,) of ``model`` on ``split``, in split order.
+
+    With ``keep_encodings`` (a method with unimodal encoders), also returns every modality's encodings of
+    ``split``; with ``reuse``, the encodings of ``reuse_modalities`` come from there instead of the encoders
+    (their inputs must equal those ``reuse`` was computed from: see :func:`engine.reuse.unchanged_modalities`).
+    """
     device = torch.device(device)
     tensors = split if isinstance(split, SplitTensors) else SplitTensors.from_split(split)
+    encoders = tuple(model.unimodal_encoders)
+    reused = set(reuse_modalities) & set(encoders) if reuse is not None else set()
+    staged = keep_encodings or bool(reused)
+    if keep_encodings and not encoders:
+        raise ValueError(f"{model.name}: keep_encodings needs a method with unimodal encoders")
+    kept: dict[str, list[torch.Tensor]] = {m: [] for m in encoders}
     was_training = model.training
     model.eval()
     outputs = []
     try:
         for batch in iterate_batches(tensors, batch_size):
+            on_device = batch.to(device)
             with autocast(device):
-                outputs.append(model(batch.to(device)).pred.float().reshape(-1).cpu())
+                if staged:
+                    encoded = reuse.gather(reused, batch.index, device) if reused else {}
+                    for modality in encoders:
+                        if modality not in encoded:
+                            encoded[modality] = model.encode_modality(on_device, modality)
+                    if keep_encodings:
+                        for modality in encoders:
+                            kept[modality].append(encoded[modality].cpu())
+                    output = model.forward_encoded(on_device, encoded)
+                else:
+                    output = model(on_device)
+            outputs.append(output.pred.float().reshape(-1).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
+    preds = torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
+    return (preds, Encodings(kept)) if keep_encodings else preds
 
 
 def _valid_loss(model: Method, tensors: SplitTensors, device: torch.device, batch_size: int) -> float:

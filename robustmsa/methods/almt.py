@@ -231,17 +231,30 @@ class ALMT(Method):
                 f"{capacity} or build the model with {key}={n}.")
         return x
 
-    def forward(self, batch: Batch) -> Output:
-        text = self._checked(self.text_encoder(batch), "text", "l_input_length")
-        audio = self._checked(batch.audio, "audio", "a_input_length")
-        vision = self._checked(batch.vision, "vision", "v_input_length")
-        h_v = self.proj_v(vision)
-        h_a = self.proj_a(audio)
-        h_l = self.proj_l(text)
+    unimodal_encoders = ("text", "audio", "vision")
+
+    def encode_modality(self, batch: Batch, modality: str) -> torch.Tensor:
+        """Projected tokens of one modality: the text backbone then ``proj_l``, or ``proj_a`` / ``proj_v``."""
+        if modality == "text":
+            return self.proj_l(self._checked(self.text_encoder(batch), "text", "l_input_length"))
+        if modality == "audio":
+            return self.proj_a(self._checked(batch.audio, "audio", "a_input_length"))
+        if modality == "vision":
+            return self.proj_v(self._checked(batch.vision, "vision", "v_input_length"))
+        raise ValueError(f"almt: unknown modality {modality!r}")
+
+    def forward_encoded(self, batch: Batch, encoded: Mapping[str, torch.Tensor]) -> Output:
+        h_l, h_a, h_v = encoded["text"], encoded["audio"], encoded["vision"]
         h_t_list = self.l_encoder(h_l, save_hidden=True)
         h_hyper = self.h_hyper_layer(h_t_list, h_a, h_v, self.h_hyper.expand(h_l.shape[0], -1, -1))
         cls = self.fusion_layer(h_hyper, h_t_list[-1], keep_first=1)[:, 0]
         return Output(pred=self.head(cls).squeeze(-1))
+
+    def forward(self, batch: Batch) -> Output:
+        # the reference runs the text backbone, then proj_v, proj_a, proj_l; the projectors have no dropout,
+        # so this order draws the same random numbers (it matters for a fine-tuned BERT's dropout)
+        encoded = {m: self.encode_modality(batch, m) for m in ("text", "vision", "audio")}
+        return self.forward_encoded(batch, encoded)
 
     def configure_optimizers(self, epochs: int, steps_per_epoch: int):
         """One AdamW group over every parameter; the reference's warm-up + cosine, stepped once per epoch."""

@@ -81,6 +81,11 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     reference: ClassVar[str] = ""
+    #: Modalities with a unimodal encoder: :meth:`encode_modality` of such a modality reads only that
+    #: modality's batch fields (``text``/``text_ids``/``text_mask``/``text_segments``; ``audio`` and
+    #: ``audio_lengths``; ``vision`` and ``vision_lengths``) and is per-sample in eval mode. Evaluation then
+    #: reuses the clean encodings of the modalities a corruption left untouched (see ``engine.reuse``).
+    unimodal_encoders: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: DatasetSpec, config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -90,6 +95,14 @@ class Method(nn.Module):
     # ------------------------------------------------------------------ hooks
     def forward(self, batch: Batch) -> Output:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def encode_modality(self, batch: Batch, modality: str) -> torch.Tensor:
+        """The unimodal encoding of ``modality`` (one of :attr:`unimodal_encoders`), first dimension B."""
+        raise NotImplementedError(f"{self.name}: no unimodal encoder for {modality!r}")
+
+    def forward_encoded(self, batch: Batch, encoded: Mapping[str, torch.Tensor]) -> Output:
+        """:meth:`forward` from precomputed encodings of every modality in :attr:`unimodal_encoders`."""
+        raise NotImplementedError(f"{self.name}: forward_encoded is not implemented")
 
     def criterion(self, pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The supervised loss named by ``config['criterion']`` (``mse`` or ``l1``)."""
