@@ -76,9 +76,13 @@ def build(frame, metric: str = "acc2", baseline: str = "lf_dnn"):
         rows.append(entry)
     board = pd.DataFrame(rows)
     sign = -1 if higher else 1
-    board["clean_rank"] = (sign * board["clean"]).rank(method="min").astype(int)
-    board = board.sort_values("robust", ascending=not higher, kind="stable").reset_index(drop=True)
-    board.insert(0, "rank", range(1, len(board) + 1))
+    # competition ranking ("1, 2, 2, 4") for both ranks, so tied methods share a rank and the rank change of a
+    # tie is 0 rather than an artefact of the row order; NaN scores rank last
+    board["clean_rank"] = (sign * board["clean"]).rank(method="min", na_option="bottom").astype(int)
+    board = board.assign(_key=sign * board["robust"], _tie=sign * board["clean"])
+    board = board.sort_values(["_key", "_tie"], kind="stable", na_position="last").reset_index(drop=True)
+    board.insert(0, "rank", board["_key"].rank(method="min", na_option="bottom").astype(int))
+    board = board.drop(columns=["_key", "_tie"])
     board["rank_change"] = board["clean_rank"] - board["rank"]
     board.attrs.update({"metric": key, "higher_is_better": higher, "baseline": baseline,
                         "grid": sorted(summary["grid"].unique())})

@@ -83,3 +83,21 @@ def test_summarize_and_overall_on_a_hand_made_store_table():
     row = table[table["method"] == "m"].iloc[0]
     assert row["mCE"] == pytest.approx(m["ce"]) and row["mRA"] == pytest.approx(m["retention"])
     assert row["corruptions"] == 1 and row["seeds"] == 2
+
+
+def test_leaderboard_ranks_ties_together_and_rank_change_reads_zero_for_them():
+    import pandas as pd
+
+    from robustmsa.leaderboard import build
+
+    curves = {"a": [0.9, 0.5, 0.5], "b": [0.8, 0.6, 0.6], "c": [0.8, 0.6, 0.6], "lf_dnn": [0.7, 0.4, 0.3]}
+    rows = [{"method": method, "dataset_name": "d", "dataset": "fp", "seed": 1, "train_noise": None,
+             "config_hash": "h", "corruption": "c", "level": level, "corruption_seed": 0, "metric": "Non0_acc_2",
+             "value": value, "higher_is_better": True, "digest": f"{method}{level}"}
+            for method, values in curves.items() for level, value in zip(LEVELS, values)]
+    board = build(pd.DataFrame(rows), "acc2").set_index("method")
+    # robust (mean over levels): b = c = 2/3 > a = 0.633 > lf_dnn; clean: a 1st, b = c 2nd, lf_dnn 4th
+    assert board.loc["b", "rank"] == board.loc["c", "rank"] == 1
+    assert board.loc["a", "rank"] == 3 and board.loc["lf_dnn", "rank"] == 4
+    assert board.loc["b", "rank_change"] == board.loc["c", "rank_change"] == 1
+    assert board.loc["a", "rank_change"] == -2 and board.loc["lf_dnn", "rank_change"] == 0
