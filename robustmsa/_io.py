@@ -27,6 +27,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, *, force: bool = False, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path`` and move it into place only if the block succeeds.
@@ -40,6 +47,7 @@ def atomic_open(path: str | os.PathLike, *, force: bool = False, mode: str = "wb
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()

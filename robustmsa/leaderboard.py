@@ -2,7 +2,8 @@
 
 Columns: rank, method, clean score, mean corrupted score per corruption (levels > 0), overall robust score (mean over
 corruptions of the mean over levels, clean included, LNLN's number), AUILC, mRA, mCE and relative mCE against LF-DNN,
-change from clean, change in rank (clean rank - robust rank), seeds, train-time noise, config hash. Rendered as a rich
+change from clean, change in rank (clean rank - robust rank), seeds, train-time noise, text mode (``features`` or
+``reencode:<encoder>``; each mode is its own row), config hash. Rendered as a rich
 table, Markdown, CSV or one self-contained HTML page (sortable table, plots embedded).
 """
 
@@ -17,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .results import ResultsStore
-from .robustness import overall, summarize
+from .robustness import VARIANT, overall, summarize, text_mode_label, with_variants
 
 __all__ = ["METRIC_ALIASES", "resolve_metric", "build", "to_markdown", "to_html", "load_runs"]
 
@@ -61,17 +62,20 @@ def build(frame, metric: str = "acc2", baseline: str = "lf_dnn"):
     totals = overall(summary)
     higher = bool(summary["higher_is_better"].iloc[0])
     rows = []
+    frame = with_variants(frame)
     for _, row in totals.iterrows():
-        mine = summary[(summary["method"] == row["method"]) & (summary["dataset_name"] == row["dataset_name"])
-                       & (summary["train_noise"] == row["train_noise"])]
+        same = ["method", "dataset_name", *VARIANT]  # one board row per method and variant, never averaged across
+        mine = summary[np.logical_and.reduce([summary[c] == row[c] for c in same])]
         entry = {"method": row["method"], "dataset": row["dataset_name"], "clean": row["clean"]}
         for _, per in mine.iterrows():
             corrupted = [v for k, v in per.items() if k.startswith("at_") and k != "at_0" and np.isfinite(v)]
             entry[f"{per['corruption']}"] = float(np.mean(corrupted)) if corrupted else float("nan")
-        cells = frame[(frame["method"] == row["method"]) & (frame["metric"] == key)]
+        same_frame = [frame[c] == row[c] for c in same if c != "dataset_name"]
+        cells = frame[np.logical_and.reduce([*same_frame, frame["metric"] == key])]
         entry.update({"robust": row["mean_over_levels"], "AUILC": row["auilc"], "mRA": row["mRA"], "mCE": row["mCE"],
                       "rel_mCE": row["relative_mCE"], "change": row["mean_over_levels"] - row["clean"],
                       "seeds": int(row["seeds"]), "train_noise": row["train_noise"],
+                      "text_mode": text_mode_label(row["text_mode"], row["text_encoder"]),
                       "config": ",".join(sorted(set(cells["config_hash"].astype(str))))})
         rows.append(entry)
     board = pd.DataFrame(rows)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["degradation_curve", "plot_run"]
+__all__ = ["degradation_curve", "plot_run", "with_series"]
 
 
 def _pyplot():
@@ -23,19 +23,44 @@ def _pyplot():
     return plt
 
 
+def with_series(frame):
+    """``frame`` with a ``series`` column: the method, plus the train noise and text mode where those vary.
+
+    Curves of one method under different train-time noise or text modes (``features`` / ``reencode``) are drawn as
+    separate lines and heatmap rows, never averaged together.
+    """
+    import pandas as pd
+
+    from .robustness import text_mode_label, with_variants
+
+    if "series" in frame:
+        return frame
+    frame = with_variants(frame)
+    noise = frame["train_noise"].astype(str)
+    text = pd.Series([text_mode_label(m, e) for m, e in zip(frame["text_mode"], frame["text_encoder"])],
+                     index=frame.index, dtype=str)
+    series = frame["method"].astype(str)
+    if noise.nunique() > 1:
+        series = series + " noise=" + noise
+    if text.nunique() > 1:
+        series = series + " text=" + text
+    return frame.assign(series=series)
+
+
 def _curve_stats(frame, method: str, corruption: str, metric: str):
-    """Levels, mean and std over seeds of one method's curve."""
-    rows = frame[(frame["method"] == method) & (frame["corruption"] == corruption) & (frame["metric"] == metric)]
+    """Levels, mean and std over seeds of one series' curve (``method`` is a value of the ``series`` column)."""
+    rows = frame[(frame["series"] == method) & (frame["corruption"] == corruption) & (frame["metric"] == metric)]
     per_seed = rows.groupby(["level", "seed"])["value"].mean().unstack("seed").sort_index()
     std = per_seed.std(axis=1, ddof=1) if per_seed.shape[1] > 1 else per_seed.iloc[:, 0] * 0.0
     return per_seed.index.to_numpy(dtype=float), per_seed.mean(axis=1).to_numpy(), std.fillna(0.0).to_numpy()
 
 
 def degradation_curve(frame, corruption: str, metric: str, ax=None):
-    """Metric vs level for every method on ``corruption``, with a band of +-1 std over seeds. Returns (fig, ax)."""
+    """Metric vs level for every method (and variant) on ``corruption``, +-1 std band over seeds. Returns (fig, ax)."""
     plt = _pyplot()
+    frame = with_series(frame)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 4))
-    for method in sorted(frame["method"].unique()):
+    for method in sorted(frame["series"].unique()):
         levels, mean, std = _curve_stats(frame, method, corruption, metric)
         if levels.size == 0:
             continue
@@ -57,6 +82,7 @@ def plot_run(frame, out_dir: str | Path, metric: str = "Non0_acc_2") -> list[Pat
     if metric not in set(frame["metric"]):
         raise ValueError(f"metric {metric!r} not in the results; available: {sorted(set(frame['metric']))}")
     written: list[Path] = []
+    frame = with_series(frame)
 
     def save(fig, stem: str) -> None:
         for suffix in ("png", "svg"):
@@ -81,9 +107,9 @@ def plot_run(frame, out_dir: str | Path, metric: str = "Non0_acc_2") -> list[Pat
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     save(fig, "curves_grid")
-    methods = sorted(frame["method"].unique())
+    methods = sorted(frame["series"].unique())
     chosen = frame[frame["metric"] == metric]
-    table = chosen.groupby(["method", "corruption"])["value"].mean().unstack("corruption").reindex(
+    table = chosen.groupby(["series", "corruption"])["value"].mean().unstack("corruption").reindex(
         index=methods, columns=corruptions)
     fig, ax = plt.subplots(figsize=(1.4 * len(corruptions) + 2.5, 0.5 * len(methods) + 1.8))
     image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", aspect="auto")

@@ -1,9 +1,10 @@
 """The results store: one JSON record per sweep cell, written atomically, keyed by a hash of the cell.
 
 A cell is (method, dataset fingerprint, training seed, train-time noise, resolved method config, corruption,
-level, corruption seed). Records on disk are the source of truth: a sweep skips every cell whose record exists
-and parses, so an interrupted run resumes without losing or duplicating anything. ``to_frame`` turns the store
-into one tidy table (one row per cell and metric).
+level, corruption seed, and, outside the default ``features`` text mode, the text mode and encoder). Records on
+disk are the source of truth: a sweep skips every cell whose record exists and parses, so an interrupted run
+resumes without losing or duplicating anything. ``to_frame`` turns the store into one tidy table (one row per cell
+and metric).
 """
 
 from __future__ import annotations
@@ -32,10 +33,23 @@ class CellKey:
     corruption: str
     level: float
     corruption_seed: int
+    text_mode: str = "features"     # "features" or "reencode" (see robustmsa.corruptions.reencode)
+    text_encoder: str | None = None  # the re-encoding encoder's spec (hf:PATH, minilm); None in features mode
+
+    def to_dict(self) -> dict[str, Any]:
+        """The key as stored in records; the text-mode fields only outside the default features mode.
+
+        Leaving them out for ``features`` keeps the digests (file names) of every cell written before text modes
+        existed, so old and new runs of the default mode share their cells.
+        """
+        data = asdict(self)
+        if self.text_mode == "features" and self.text_encoder is None:
+            del data["text_mode"], data["text_encoder"]
+        return data
 
     def digest(self) -> str:
         """SHA-256 (hex, 20 chars) of the canonical JSON of the key."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:20]
 
 
@@ -56,7 +70,7 @@ class ResultsStore:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return record if record.get("key") == asdict(key) else None
+        return record if record.get("key") == key.to_dict() else None
 
     def has(self, key: CellKey) -> bool:
         return self.load(key) is not None
@@ -65,7 +79,7 @@ class ResultsStore:
         """Write ``record`` for ``key`` atomically (replacing a damaged or forced one)."""
         path = self.path(key)
         with atomic_open(path, force=True, mode="w") as handle:
-            json.dump({**record, "key": asdict(key), "digest": key.digest()}, handle, indent=1, default=str)
+            json.dump({**record, "key": key.to_dict(), "digest": key.digest()}, handle, indent=1, default=str)
             handle.write("\n")
         return path
 
@@ -87,15 +101,16 @@ class ResultsStore:
         return path
 
     def to_frame(self):
-        """A tidy pandas DataFrame: one row per cell and metric."""
+        """A tidy pandas DataFrame: one row per cell and metric (``text_mode`` "features" for keys without one)."""
         import pandas as pd
 
         rows = []
         for record in self.records():
-            key = record["key"]
+            key = {"text_mode": "features", "text_encoder": None, **record["key"]}
             for metric, value in record["metrics"].items():
                 rows.append({**key, "dataset_name": record.get("dataset_name"), "metric": metric, "value": value,
                              "higher_is_better": record["higher_is_better"][metric], "digest": record["digest"]})
-        columns = ["method", "dataset_name", "dataset", "seed", "train_noise", "config_hash", "corruption", "level",
-                   "corruption_seed", "metric", "value", "higher_is_better", "digest"]
+        columns = ["method", "dataset_name", "dataset", "seed", "train_noise", "text_mode", "text_encoder",
+                   "config_hash", "corruption", "level", "corruption_seed", "metric", "value", "higher_is_better",
+                   "digest"]
         return pd.DataFrame(rows, columns=columns)

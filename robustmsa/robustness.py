@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["mean_over_levels", "auilc", "retention", "mean_retention", "to_error", "corruption_error",
-           "relative_corruption_error", "effective_robustness", "check_curve", "summarize", "overall"]
+           "relative_corruption_error", "effective_robustness", "check_curve", "summarize", "overall", "VARIANT",
+           "with_variants", "text_mode_label"]
 
 
 def check_curve(levels: Sequence[float], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +117,18 @@ def effective_robustness(scores: Sequence[float], baseline_scores: Sequence[floa
 
 
 # --------------------------------------------------------------------------------------------- tables
-_GROUP = ["method", "dataset_name", "train_noise", "corruption", "metric"]
+#: What a curve belongs to besides method, corruption and metric: never averaged across (seeds are).
+VARIANT = ["train_noise", "text_mode", "text_encoder"]
+_GROUP = ["method", "dataset_name", *VARIANT, "corruption", "metric"]
+
+
+def with_variants(frame):
+    """``frame`` with the variant columns present and filled (no noise: "none"; text mode "features")."""
+    defaults = {"train_noise": "none", "text_mode": "features", "text_encoder": "none"}
+    for column, default in defaults.items():
+        values = frame[column] if column in frame else None
+        frame = frame.assign(**{column: default if values is None else values.fillna(default)})
+    return frame
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -127,31 +139,32 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(frame, baseline: str | None = "lf_dnn"):
-    """Per (method, dataset, train noise, corruption, metric): every summary, mean and std over seeds.
+    """Per (method, dataset, train noise, text mode, corruption, metric): every summary, mean and std over seeds.
 
     ``frame`` is the tidy table of a results store (``ResultsStore.to_frame()``). Columns of the result:
     ``clean`` (level 0), ``at_<level>`` (mean score per level), ``mean_over_levels``, ``auilc`` (normalised;
     ``grid`` gives its levels), ``retention`` (RA over the corrupted levels), and, against ``baseline`` (its
-    seed-mean curve on the same corruption, levels and metric; NaN where it is missing), ``ce``, ``relative_ce`` and
-    ``effective_robustness``; each with ``_std`` over seeds, and ``seeds``.
+    seed-mean curve on the same corruption, levels, metric, train noise and text mode; NaN where it is missing),
+    ``ce``, ``relative_ce`` and ``effective_robustness``; each with ``_std`` over seeds, and ``seeds``. Cells of
+    different text modes (``features`` / ``reencode`` with an encoder) are never averaged together.
     """
     import pandas as pd
 
-    frame = frame.assign(train_noise=frame["train_noise"].fillna("none"))
+    frame = with_variants(frame)
     base_curves: dict[tuple, pd.Series] = {}
     if baseline is not None:
         base = frame[frame["method"] == baseline]
-        for key, group in base.groupby(["dataset_name", "train_noise", "corruption", "metric"]):
+        for key, group in base.groupby(["dataset_name", *VARIANT, "corruption", "metric"]):
             base_curves[key] = group.groupby("level")["value"].mean().sort_index()
     rows = []
     for key, group in frame.groupby(_GROUP, sort=True):
-        method, dataset, noise, corruption, metric = key
+        method, dataset, *variant, corruption, metric = key
         higher = bool(group["higher_is_better"].iloc[0])
         per_seed: dict[str, list[float]] = {k: [] for k in
                                             ("clean", "mean_over_levels", "auilc", "retention", "ce", "relative_ce",
                                              "effective_robustness")}
         levels = sorted(group["level"].unique())
-        b = base_curves.get((dataset, noise, corruption, metric))
+        b = base_curves.get((dataset, *variant, corruption, metric))
         for _, seed_group in group.groupby("seed"):
             curve = seed_group.groupby("level")["value"].mean().reindex(levels)
             r, f = np.asarray(curve.index, dtype=float), curve.to_numpy(dtype=float)
@@ -178,12 +191,20 @@ def summarize(frame, baseline: str | None = "lf_dnn"):
     return pd.DataFrame(rows)
 
 
+def text_mode_label(text_mode: str, text_encoder: str | None) -> str:
+    """``features``, or ``reencode:<encoder spec>`` (how tables and plots name a text mode)."""
+    if text_mode == "features" or not text_encoder or text_encoder == "none":
+        return str(text_mode)
+    return f"{text_mode}:{text_encoder}"
+
+
 def overall(summary):
-    """Per (method, dataset, train noise, metric): means over corruptions — mRA, mCE, relative mCE, effective
-    robustness, mean over levels and AUILC — and the clean score."""
+    """Per (method, dataset, train noise, text mode, metric): means over corruptions — mRA, mCE, relative mCE,
+    effective robustness, mean over levels and AUILC — and the clean score."""
     columns = {"clean": "clean", "mean_over_levels": "mean_over_levels", "auilc": "auilc", "retention": "mRA",
                "ce": "mCE", "relative_ce": "relative_mCE", "effective_robustness": "effective_robustness"}
-    grouped = summary.groupby(["method", "dataset_name", "train_noise", "metric"], sort=True)
+    summary = with_variants(summary)
+    grouped = summary.groupby(["method", "dataset_name", *VARIANT, "metric"], sort=True)
     table = grouped[list(columns)].mean().rename(columns=columns)
     table["corruptions"] = grouped["corruption"].nunique()
     table["seeds"] = grouped["seeds"].max()

@@ -11,19 +11,24 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import __version__
 from . import metrics as msa_metrics
 from .corruptions import create_corruption
+from .corruptions.reencode import (REENCODE_RECORD, TextReencoder, corruption_records, prepare_reencoder,
+                                   text_mode_config)
 from .datasets.split import Dataset, Split
 from .engine.cache import cache_key
 from .engine.evaluate import SplitEvaluator
 from .engine.train import resolved_config, train
 from .provenance import environment, utc_now
 from .results import CellKey, ResultsStore
+
+if TYPE_CHECKING:
+    from .text_encoding import LocalTextEncoder
 
 __all__ = ["parse_levels", "SweepSummary", "run_sweep"]
 
@@ -64,17 +69,28 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
               overrides: Mapping[str, Any] | None = None, text_backbone: str | None = None,
               train_noise: str | None = None, device: str | None = "auto", cache: str | Path | None = None,
               force: bool = False, quiet: bool = True, log: Callable[[str], None] | None = None,
-              command: str | None = None) -> SweepSummary:
-    """Run (or resume) the grid methods x seeds x corruptions x levels on ``dataset``; records go to ``out``."""
+              command: str | None = None, text_mode: str = "features",
+              text_encoder: "str | LocalTextEncoder | None" = None,
+              allow_encoder_mismatch: bool = False) -> SweepSummary:
+    """Run (or resume) the grid methods x seeds x corruptions x levels on ``dataset``; records go to ``out``.
+
+    ``text_mode="reencode"`` loads ``text_encoder`` once, checks it against the clean test features, and re-encodes
+    each corrupted test split once per (corruption, level); its cells get keys of their own.
+    """
     start = time.perf_counter()
     store = ResultsStore(out)
     for name in corruptions:  # fail on a bad corruption name before any training
         create_corruption(name, 0.0)
+    reencoder = prepare_reencoder(text_mode, text_encoder, dataset.test, source=dataset.spec.source,
+                                  allow_mismatch=allow_encoder_mismatch, device=device)
+    encoder_spec = None if reencoder is None else reencoder.spec
+    mode = text_mode_config(reencoder)
     grid = {"methods": list(methods), "corruptions": list(corruptions), "levels": list(levels),
-            "seeds": list(seeds), "corruption_seed": corruption_seed, "train_noise": train_noise}
+            "seeds": list(seeds), "corruption_seed": corruption_seed, "train_noise": train_noise,
+            "text_mode": text_mode, "text_encoder": encoder_spec}
     store.write_manifest({"kind": "robustmsa.sweep", "command": command, "created": utc_now(), "grid": grid,
                           "dataset": dataset.spec.to_dict(), "epochs": epochs, "overrides": dict(overrides or {}),
-                          "text_backbone": text_backbone, "environment": environment()})
+                          "text_backbone": text_backbone, **mode, "environment": environment()})
     total = len(methods) * len(seeds) * len(corruptions) * len(levels)
     corrupted: dict[tuple[str, float], Split] = {}
     computed = skipped = trained_count = 0
@@ -89,7 +105,7 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
             config_hash = cache_key(config)[:16]
             for seed in seeds:
                 keys = [CellKey(method, dataset.spec.fingerprint, int(seed), train_noise, config_hash, c, float(v),
-                                int(corruption_seed)) for c in corruptions for v in levels]
+                                int(corruption_seed), text_mode, encoder_spec) for c in corruptions for v in levels]
                 missing = [k for k in keys if force or not store.has(k)]
                 skipped += len(keys) - len(missing)
                 progress.advance(task, len(keys) - len(missing))
@@ -106,6 +122,8 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                     split = corrupted.get((key.corruption, key.level))
                     if split is None:
                         split = create_corruption(key.corruption, key.level)(dataset.test, corruption_seed)
+                        if reencoder is not None:  # once per (corruption, level); only changed samples
+                            split = reencoder(split, dataset.test)
                         corrupted[(key.corruption, key.level)] = split
                     eval_start = time.perf_counter()
                     if key.level == 0.0:  # severity 0 is the identity
@@ -116,7 +134,8 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                         "kind": "robustmsa.cell", "created": utc_now(), "dataset_name": dataset.spec.name,
                         "metrics": metrics,
                         "higher_is_better": {m: msa_metrics.higher_is_better(m) for m in metrics},
-                        "realised": split.corruptions[-1]["realised"], "reused_clean_encodings": reused,
+                        "realised": corruption_records(split)[-1]["realised"], "reused_clean_encodings": reused,
+                        **_text_mode_entry(split, reencoder),
                         "checkpoint": model.cache_path,
                         "model_key": model.key, "train_from_cache": model.from_cache,
                         "train_seconds": model.train_seconds, "eval_seconds": time.perf_counter() - eval_start,
@@ -132,3 +151,12 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
     except ImportError:  # pyarrow / fastparquet not installed: the CSV holds the same table
         pass
     return SweepSummary(total, computed, skipped, trained_count, store.root, time.perf_counter() - start)
+
+
+def _text_mode_entry(split: Split, reencoder: TextReencoder | None) -> dict[str, Any]:
+    """The text-mode fields of a cell record: the mode, and in reencode mode the encoder and samples re-encoded."""
+    if reencoder is None:
+        return {"text_mode": "features"}
+    done = [r for r in split.corruptions if r.get("name") == REENCODE_RECORD]
+    return {"text_mode": "reencode", "text_encoder": reencoder.encoder.describe(),
+            "samples_reencoded": int(done[-1]["samples_reencoded"]) if done else 0}

@@ -170,7 +170,10 @@ def load_text_encoder(spec: str, *, device: str = "auto", batch_size: int = 64) 
     except (OSError, ValueError) as exc:
         raise TextEncoderError(f"text encoder {spec}: no usable tokenizer in {directory} ({exc}); the directory "
                                f"needs tokenizer files (tokenizer.json or vocab.txt)") from exc
-    model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+    try:
+        model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise TextEncoderError(f"text encoder {spec}: no loadable model weights in {directory} ({exc})") from exc
     if device == "auto":
         import torch
 

@@ -8,11 +8,13 @@ from .base import (CORRUPTIONS, Compose, Corruption, create_corruption, get_corr
                    modality_stream, register_corruption)
 from .missing import FrameDrop, ModalityMissing, RandomMissing, TemporalMissing, WordDrop
 from .noise import GaussianNoise
+from .reencode import TEXT_MODES, ReencodeError, TextReencoder, prepare_reencoder, reencode_text
 from .temporal import Blur, Misalign
 from .text import WordShuffle
 
 __all__ = [
     "CORRUPTIONS", "Compose", "Corruption", "create_corruption", "get_corruption", "list_corruptions",
     "modality_stream", "register_corruption", "RandomMissing", "WordDrop", "FrameDrop", "ModalityMissing",
-    "TemporalMissing", "WordShuffle", "Blur", "Misalign", "GaussianNoise",
+    "TemporalMissing", "WordShuffle", "Blur", "Misalign", "GaussianNoise", "TEXT_MODES", "ReencodeError",
+    "TextReencoder", "prepare_reencoder", "reencode_text",
 ]

@@ -20,7 +20,7 @@ from .._io import atomic_open
 from .registry import LABEL_RANGES, DATASETS, resolve_data_root
 from .safe_pickle import SafeUnpickler, UnsafePickleError
 from .split import SPLIT_NAMES, Dataset, DatasetSpec, LabelFamily, Split
-from .validate import splits_from_mmsa_dict
+from .validate import DataValidationError, splits_from_mmsa_dict
 
 __all__ = ["load", "read_mmsa_pickle", "write_mmsa_pickle", "infer_label_family", "ChecksumMismatchWarning",
            "PICKLE_PROTOCOL"]
@@ -115,6 +115,12 @@ def read_mmsa_pickle(path: str | os.PathLike, *, name: str | None = None, label_
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise pickle.UnpicklingError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
         sha256 = reader.finish()
+    from .mag import convert_hint, looks_like_mag  # local import: mag builds on this module
+
+    if looks_like_mag(raw):
+        raise DataValidationError(source, None, None, "an MMSA feature pickle ({train, valid, test} dicts of arrays)",
+                                  f"train/dev/test lists of ((words, visual, acoustic), label, segment): "
+                                  f"{convert_hint(source)}")
     name = name or path.stem
     # Validate structure first without a label range, then with the family's range.
     range_ = LABEL_RANGES[label_family] if label_family else (-3.0, 3.0)

@@ -10,17 +10,21 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .. import metrics as msa_metrics
 from ..corruptions import create_corruption
+from ..corruptions.reencode import prepare_reencoder, text_mode_config
 from ..datasets.split import Dataset, Split
 from ..provenance import environment, utc_now
 from .cache import cache_key
 from .reuse import Encodings, unchanged_modalities
 from .train import TrainedModel, predict, train
+
+if TYPE_CHECKING:
+    from ..text_encoding import LocalTextEncoder
 
 __all__ = ["evaluate_split", "SplitEvaluator", "run_eval", "aggregate", "DEFAULT_SEEDS"]
 
@@ -43,7 +47,9 @@ class SplitEvaluator:
 
     The clean pass is computed once. For a method with unimodal encoders it keeps their outputs, and each
     corrupted copy then recomputes only the modalities whose inputs differ from the clean split; the others
-    are gathered from the clean pass. Predictions equal those of a plain forward pass (tested).
+    are gathered from the clean pass. Predictions equal those of a plain forward pass (tested). A copy whose text
+    was re-encoded (``text_mode="reencode"``) needs nothing special: its ``text`` differs from the clean array, so
+    text is recomputed; when no sample's ids changed it is the clean array, so text is reused.
     """
 
     def __init__(self, trained: TrainedModel, clean: Split, *, reuse: bool = True) -> None:
@@ -102,11 +108,21 @@ def run_eval(method: str, dataset: Dataset, *, corruption: str = "random_missing
              overrides: Mapping[str, Any] | None = None, epochs: int | None = None,
              text_backbone: str | None = None, train_noise: str | None = None, device: str | None = "auto",
              use_cache: bool = True, cache: str | None = None, quiet: bool = True,
-             log: Callable[[str], None] | None = None, command: str | None = None) -> dict[str, Any]:
-    """Train (or load) ``method`` for each seed, evaluate clean and corrupted test metrics; return the record."""
+             log: Callable[[str], None] | None = None, command: str | None = None, text_mode: str = "features",
+             text_encoder: "str | LocalTextEncoder | None" = None,
+             allow_encoder_mismatch: bool = False) -> dict[str, Any]:
+    """Train (or load) ``method`` for each seed, evaluate clean and corrupted test metrics; return the record.
+
+    ``text_mode="reencode"`` recomputes the corrupted test split's ``text`` features with ``text_encoder`` (the
+    encoder that made the pickle's features, checked first); ``"features"`` edits them directly (the default).
+    """
     started, start_time = utc_now(), time.perf_counter()
     built = create_corruption(corruption, severity, modalities=modalities)
+    reencoder = prepare_reencoder(text_mode, text_encoder, dataset.test, source=dataset.spec.source,
+                                  allow_mismatch=allow_encoder_mismatch, device=device)
     corrupted_test = built(dataset.test, corruption_seed)
+    if reencoder is not None:
+        corrupted_test = reencoder(corrupted_test, dataset.test)
     names = msa_metrics.metric_names(dataset.spec.label_family)
     per_seed = []
     trained: TrainedModel | None = None
@@ -134,7 +150,7 @@ def run_eval(method: str, dataset: Dataset, *, corruption: str = "random_missing
             "corruption": {"spec": corruption, "severity": severity, "seed": corruption_seed,
                            "modalities": None if modalities is None else list(modalities), "repr": repr(built)},
             "train_noise": train_noise, "device": trained.device, "overrides": dict(overrides or {}),
-            "epochs": epochs, "text_backbone": text_backbone, "method_config": config,
+            "epochs": epochs, "text_backbone": text_backbone, **text_mode_config(reencoder), "method_config": config,
             "selection": "validation loss (one checkpoint for all metrics)",
         },
         "hashes": {"dataset_fingerprint": dataset.spec.fingerprint, "config_hash": cache_key(config),
