@@ -489,6 +489,8 @@ def sweep_cmd(
     text_mode: TextMode = TextModeOption,
     text_encoder: Optional[str] = TextEncoderOption,
     allow_encoder_mismatch: bool = AllowMismatchOption,
+    audit_samples: int = typer.Option(32, "--audit-samples",
+                                      help="Test items for each model's input-coverage audit (0: no audit)."),
 ) -> None:
     """Evaluate methods under corruptions at a grid of levels; resumable (finished cells are skipped).
 
@@ -505,7 +507,7 @@ def sweep_cmd(
         [c.strip() for c in corruptions.split(",") if c.strip()], grid_levels, seed_list, out,
         corruption_seed=corruption_seed, epochs=epochs, overrides=_parse_sets(set_), text_backbone=text_backbone,
         train_noise=train_noise, device=device, cache=cache_dir, force=force, quiet=quiet,
-        command=shlex.join(["robustmsa", *sys.argv[1:]]), **mode)
+        command=shlex.join(["robustmsa", *sys.argv[1:]]), audit_samples=audit_samples, **mode)
     typer.echo(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done; "
                f"{summary.trained} model(s) trained; results in {summary.out}/results.csv "
                f"({summary.seconds:.1f} s)")
@@ -552,12 +554,12 @@ def leaderboard_cmd(
     Example: robustmsa leaderboard runs/a runs/b --metric acc2 --format html --output board.html
     """
     from ._io import atomic_open
-    from .leaderboard import build, load_runs, to_html, to_markdown
+    from .leaderboard import build, load_coverage, load_runs, to_html, to_markdown
 
     if output is not None and output.exists() and not force:
         _fail(f"{output} already exists; pass --force to overwrite it")
     frame = _run(load_runs, runs)
-    board = _run(build, frame, metric, baseline)
+    board = _run(build, frame, metric, baseline, coverage=load_coverage(runs))
     if format_ is BoardFormat.markdown:
         text = to_markdown(board)
     elif format_ is BoardFormat.csv:

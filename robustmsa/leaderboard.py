@@ -18,9 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from .results import ResultsStore
+from .audit import COVERAGE_THRESHOLD
 from .robustness import VARIANT, overall, summarize, text_mode_label, with_variants
 
-__all__ = ["METRIC_ALIASES", "resolve_metric", "build", "to_markdown", "to_html", "load_runs"]
+__all__ = ["METRIC_ALIASES", "resolve_metric", "build", "load_coverage", "to_markdown", "to_html", "load_runs"]
 
 METRIC_ALIASES = {
     "acc2": {"mosi": "Non0_acc_2", "sims": "Mult_acc_2"}, "f1": {"mosi": "Non0_F1_score", "sims": "F1_score"},
@@ -42,6 +43,26 @@ def load_runs(runs: Sequence[str | Path]):
     return pd.concat(frames, ignore_index=True).drop_duplicates(subset=["digest", "metric"])
 
 
+def load_coverage(runs: Sequence[str | Path]):
+    """The input-coverage audits of several sweep directories (one row per audited model and modality)."""
+    import pandas as pd
+
+    frames = [ResultsStore(run).coverage_frame() for run in runs]
+    return pd.concat(frames, ignore_index=True).drop_duplicates(subset=["model_key", "modality"])
+
+
+def _coverage_columns(coverage, model_keys: set[str]) -> dict[str, str]:
+    """``coverage`` (mean over the audited models ``model_keys``, per modality) and ``flag`` (modalities below 90%)."""
+    mine = None if coverage is None or coverage.empty else coverage[coverage["model_key"].isin(model_keys)]
+    if mine is None or mine.empty:
+        return {"coverage": "", "flag": ""}
+    means = mine.groupby("modality", sort=False)["fraction"].mean()
+    order = [m for m in ("text", "audio", "vision") if m in means.index and np.isfinite(means[m])]
+    low = [f"{m} {means[m]:.0%}" for m in order if means[m] < COVERAGE_THRESHOLD]
+    return {"coverage": " ".join(f"{m[0].upper()} {means[m]:.0%}" for m in order),
+            "flag": f"robustness may reflect ignored input ({', '.join(low)})" if low else ""}
+
+
 def resolve_metric(name: str, available: set[str]) -> str:
     """An MMSA metric key from an alias (``acc2``, ``f1``, ``mae`` ...) or the key itself."""
     if name in available:
@@ -52,8 +73,13 @@ def resolve_metric(name: str, available: set[str]) -> str:
     raise ValueError(f"unknown metric {name!r}; use one of {sorted(available)} or an alias {sorted(METRIC_ALIASES)}")
 
 
-def build(frame, metric: str = "acc2", baseline: str = "lf_dnn"):
-    """The leaderboard DataFrame for ``metric``, best robust score first."""
+def build(frame, metric: str = "acc2", baseline: str = "lf_dnn", coverage=None):
+    """The leaderboard DataFrame for ``metric``, best robust score first.
+
+    ``coverage`` (from :func:`load_coverage`) adds each method's input coverage per modality and a flag where a
+    modality is covered below 90% (``robustmsa.audit``): its robustness to corrupting that modality may only
+    reflect input the method never reads.
+    """
     import pandas as pd
 
     key = resolve_metric(metric, set(frame["metric"]))
@@ -76,7 +102,8 @@ def build(frame, metric: str = "acc2", baseline: str = "lf_dnn"):
                       "rel_mCE": row["relative_mCE"], "change": row["mean_over_levels"] - row["clean"],
                       "seeds": int(row["seeds"]), "train_noise": row["train_noise"],
                       "text_mode": text_mode_label(row["text_mode"], row["text_encoder"]),
-                      "config": ",".join(sorted(set(cells["config_hash"].astype(str))))})
+                      "config": ",".join(sorted(set(cells["config_hash"].astype(str)))),
+                      **_coverage_columns(coverage, set(cells["model_key"].dropna()))})
         rows.append(entry)
     board = pd.DataFrame(rows)
     sign = -1 if higher else 1

@@ -93,6 +93,44 @@ class ResultsStore:
             except (OSError, ValueError):
                 continue
 
+    # ------------------------------------------------------------------ input-coverage audits, one per model
+    def coverage_path(self, method: str, model_key: str) -> Path:
+        return self.root / "coverage" / method / f"{model_key[:32]}.json"
+
+    def load_coverage(self, method: str, model_key: str) -> dict[str, Any] | None:
+        """The coverage record of one trained model, if present and readable."""
+        try:
+            record = json.loads(self.coverage_path(method, model_key).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if record.get("model_key") == model_key else None
+
+    def write_coverage(self, method: str, model_key: str, record: Mapping[str, Any]) -> Path:
+        """Write one model's coverage record atomically."""
+        path = self.coverage_path(method, model_key)
+        with atomic_open(path, force=True, mode="w") as handle:
+            json.dump({**record, "model_key": model_key}, handle, indent=1, default=str)
+            handle.write("\n")
+        return path
+
+    def coverage_frame(self):
+        """One row per (audited model, modality): method, seed, variant keys, coverage fraction and probe."""
+        import pandas as pd
+
+        rows = []
+        for path in sorted((self.root / "coverage").glob("*/*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for modality, cov in record.get("modalities", {}).items():
+                rows.append({"method": record.get("method"), "seed": record.get("seed"),
+                             "train_noise": record.get("train_noise"), "dataset": record.get("dataset"),
+                             "model_key": record.get("model_key"), "modality": modality,
+                             "fraction": cov.get("fraction"), "probe": cov.get("probe")})
+        return pd.DataFrame(rows, columns=["method", "seed", "train_noise", "dataset", "model_key", "modality",
+                                           "fraction", "probe"])
+
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         path = self.root / "manifest.json"
         with atomic_open(path, force=True, mode="w") as handle:
@@ -109,8 +147,9 @@ class ResultsStore:
             key = {"text_mode": "features", "text_encoder": None, **record["key"]}
             for metric, value in record["metrics"].items():
                 rows.append({**key, "dataset_name": record.get("dataset_name"), "metric": metric, "value": value,
-                             "higher_is_better": record["higher_is_better"][metric], "digest": record["digest"]})
+                             "higher_is_better": record["higher_is_better"][metric], "digest": record["digest"],
+                             "model_key": record.get("model_key")})
         columns = ["method", "dataset_name", "dataset", "seed", "train_noise", "text_mode", "text_encoder",
                    "config_hash", "corruption", "level", "corruption_seed", "metric", "value", "higher_is_better",
-                   "digest"]
+                   "digest", "model_key"]
         return pd.DataFrame(rows, columns=columns)

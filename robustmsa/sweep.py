@@ -22,6 +22,7 @@ from .corruptions.reencode import (REENCODE_RECORD, TextReencoder, corruption_re
                                    text_mode_config)
 from .datasets.split import Dataset, Split
 from .engine.cache import cache_key
+from .audit import input_coverage
 from .engine.evaluate import SplitEvaluator
 from .engine.train import resolved_config, train
 from .provenance import environment, utc_now
@@ -71,8 +72,11 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
               force: bool = False, quiet: bool = True, log: Callable[[str], None] | None = None,
               command: str | None = None, text_mode: str = "features",
               text_encoder: "str | LocalTextEncoder | None" = None,
-              allow_encoder_mismatch: bool = False) -> SweepSummary:
+              allow_encoder_mismatch: bool = False, audit_samples: int = 32) -> SweepSummary:
     """Run (or resume) the grid methods x seeds x corruptions x levels on ``dataset``; records go to ``out``.
+
+    Each trained model is also audited for input coverage on ``audit_samples`` test items (``robustmsa.audit``,
+    gradient probe; 0 turns it off), written to ``out/coverage/<method>/<model key>.json`` for the leaderboard.
 
     ``text_mode="reencode"`` loads ``text_encoder`` once, checks it against the clean test features, and re-encodes
     each corrupted test split once per (corruption, level); its cells get keys of their own.
@@ -116,6 +120,13 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                               text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache,
                               quiet=True, log=log)
                 trained_count += int(not model.from_cache)
+                if audit_samples and (force or store.load_coverage(method, model.key) is None):
+                    progress.update(task, description=f"audit {method} seed {seed}")
+                    report = input_coverage(model.model, dataset.test, samples=audit_samples, seed=0,
+                                            device=model.device)
+                    store.write_coverage(method, model.key, {**report.to_dict(), "seed": int(seed),
+                                                             "train_noise": model.train_noise,
+                                                             "dataset": dataset.spec.fingerprint})
                 evaluator = SplitEvaluator(model, dataset.test)  # clean pass once; untouched modalities reused
                 for key in missing:
                     progress.update(task, description=f"{method} seed {seed} {key.corruption}@{key.level:g}")

@@ -89,3 +89,17 @@ def test_audit_command_prints_and_writes_the_report(tmp_path):
     assert "input coverage" in result.output and "coverage" in result.output
     record = json.loads(out.read_text())
     assert record["kind"] == "robustmsa.coverage" and set(record["modalities"]) == {"text", "audio", "vision"}
+
+
+def test_the_sweep_audits_each_model_and_the_leaderboard_flags_ignored_input(dataset, tmp_path):
+    from robustmsa.leaderboard import build, load_coverage, load_runs
+    from robustmsa.sweep import run_sweep
+
+    out = tmp_path / "run"
+    run_sweep(["mmim", "lf_dnn"], dataset, ["word_drop"], [0.0, 0.5], [1111], out, epochs=1,
+              cache=tmp_path / "cache", audit_samples=8)
+    coverage = load_coverage([out])
+    assert set(coverage["method"]) == {"mmim", "lf_dnn"} and set(coverage["modality"]) == {"text", "audio", "vision"}
+    board = build(load_runs([out]), "acc2", coverage=coverage).set_index("method")
+    assert "text" in board.loc["mmim", "flag"] and board.loc["mmim", "coverage"].startswith("T ")
+    assert board.loc["lf_dnn", "flag"] == ""

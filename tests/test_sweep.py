@@ -46,6 +46,8 @@ def test_sweep_writes_every_cell_once_and_a_tidy_table(tmp_path):
         for v in (0.0, 0.5, 1.0)}
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == 24 * 8 and set(frame["metric"]) >= {"MAE", "Non0_acc_2"}
+    audits = sorted((out / "coverage").glob("*/*.json"))  # one input-coverage audit per trained model
+    assert len(audits) == 4 and all(json.loads(p.read_text())["kind"] == "robustmsa.coverage" for p in audits)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["grid"]["levels"] == [0.0, 0.5, 1.0] and manifest["environment"]["robustmsa"]
     plots = {p.name for p in (out / "plots").iterdir()}
@@ -63,6 +65,7 @@ def test_sweep_writes_every_cell_once_and_a_tidy_table(tmp_path):
         board = CliRunner().invoke(app, ["leaderboard", str(out), "--metric", "acc2", "--format", fmt])
         assert board.exit_code == 0 and marker in board.output, board.output
         assert "almt" in board.output and "lf_dnn" in board.output
+        assert "coverage" in board.output and "V 100%" in board.output
     page = tmp_path / "board.html"
     made = CliRunner().invoke(app, ["leaderboard", str(out), "--metric", "mae", "--format", "html",
                                     "--output", str(page)])
