@@ -2,6 +2,12 @@
 
 MMSA's protocol: one checkpoint, chosen by the validation loss (the method's criterion on the valid split),
 is used for every metric; the test split is never looked at while training.
+
+Train-time noise: the caller's ``train_noise``, else the method config's ``train_noise`` (a method's own default,
+e.g. LNLN's ``random_missing``), else none; :func:`effective_train_noise` decides, and the noise used is in the
+cache key, in ``TrainedModel.train_noise`` and (for methods with the key) in the resolved config. Methods with
+``wants_paired_batches`` get training batches that carry their clean twins and per-sample rates
+(:func:`engine.batches.iterate_paired_batches`).
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import torch
 from .. import __version__
 from ..datasets.split import Dataset, DatasetSpec, Split
 from ..methods.base import Method, get_method, resolve_config
-from .batches import SplitTensors, iterate_batches
+from .batches import SplitTensors, iterate_batches, iterate_paired_batches
 from .cache import cache_dir, cache_key, entry_path, load_entry, save_entry
 from .device import autocast, resolve_device, seed_everything
-from .noise import TrainNoise
+from .noise import TrainNoise, normalise_train_noise
 from .reuse import Encodings
 
-__all__ = ["TrainedModel", "train", "predict", "resolved_config"]
+__all__ = ["TrainedModel", "train", "predict", "resolved_config", "effective_train_noise"]
 
 EVAL_BATCH = 256
 
@@ -58,6 +64,18 @@ def resolved_config(method: str, spec: DatasetSpec, overrides: Mapping[str, Any]
     if text_backbone is not None:
         merged["text_backbone"] = text_backbone
     return resolve_config(method, spec, merged)
+
+
+def effective_train_noise(config: dict[str, Any], train_noise: str | None) -> str | None:
+    """The train-time noise a run uses: ``train_noise`` if given (``"none"``: none), else ``config['train_noise']``.
+
+    When the config has a ``train_noise`` key (a method's default), it is set to the noise used, so that the
+    resolved config, its hash and the records say what was used. Returns None for no noise.
+    """
+    chosen = normalise_train_noise(train_noise if train_noise is not None else config.get("train_noise"))
+    if "train_noise" in config:
+        config["train_noise"] = chosen
+    return chosen
 
 
 def _model_key(method: str, config: Mapping[str, Any], spec: DatasetSpec, seed: int, train_noise: str | None) -> str:
@@ -130,13 +148,15 @@ def train(method: str, dataset: Dataset, *, seed: int = 1111, overrides: Mapping
     Args:
         seed: seeds parameter initialisation, batch order and train-time noise.
         overrides: config overrides (``--set``); ``epochs`` and ``text_backbone`` are shortcuts for two of them.
-        train_noise: a Bernoulli-missing corruption name for LNLN-style train-time noise, or None.
+        train_noise: a Bernoulli-missing corruption name for LNLN-style train-time noise; None: the method's
+            default (its config's ``train_noise``, if any), ``"none"``: no noise (see :func:`effective_train_noise`).
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:1`` ...
         use_cache / cache: reuse and store checkpoints (directory: ``cache``, else ``$ROBUSTMSA_CACHE``).
         quiet: no progress bars. ``log`` receives one line per epoch and cache events.
     """
     say = log or (lambda message: None)
     config = resolved_config(method, dataset.spec, overrides, epochs=epochs, text_backbone=text_backbone)
+    train_noise = effective_train_noise(config, train_noise)
     key = _model_key(method, config, dataset.spec, seed, train_noise)
     path = entry_path(cache_dir(cache), method, key)
     chosen = resolve_device(device)
@@ -159,6 +179,7 @@ def train(method: str, dataset: Dataset, *, seed: int = 1111, overrides: Mapping
     n_epochs, batch_size = int(config["epochs"]), int(config["batch_size"])
     patience = int(config.get("early_stop", n_epochs))
     noise = TrainNoise(train_noise, seed) if train_noise else None
+    paired = bool(cls.wants_paired_batches)
     clean_train = SplitTensors.from_split(dataset.train)
     valid = SplitTensors.from_split(dataset.valid)
     steps = math.ceil(len(clean_train) / batch_size)
@@ -168,12 +189,20 @@ def train(method: str, dataset: Dataset, *, seed: int = 1111, overrides: Mapping
     with _progress(quiet) as progress:
         epoch_task = progress.add_task(f"{method} seed {seed}", total=n_epochs)
         for epoch in range(1, n_epochs + 1):
-            train_tensors = SplitTensors.from_split(noise(dataset.train, epoch)) if noise else clean_train
+            train_tensors, rates = clean_train, None
+            if noise:
+                noisy, rates = noise.draw(dataset.train, epoch)
+                train_tensors = SplitTensors.from_split(noisy)
             generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            if paired:  # the corrupted twin, its clean twin and the per-sample rates (engine.batches)
+                batches = iterate_paired_batches(train_tensors, clean_train, batch_size, drawn_rates=rates,
+                                                 shuffle=True, generator=generator)
+            else:
+                batches = iterate_batches(train_tensors, batch_size, shuffle=True, generator=generator)
             model.train()
             losses = []
             batch_task = progress.add_task(f"  epoch {epoch}", total=steps)
-            for batch in iterate_batches(train_tensors, batch_size, shuffle=True, generator=generator):
+            for batch in batches:
                 with autocast(chosen):
                     parts = model.training_step(batch.to(chosen), optimizers)
                 losses.append(parts["loss"])

@@ -86,6 +86,10 @@ class Method(nn.Module):
     #: ``audio_lengths``; ``vision`` and ``vision_lengths``) and is per-sample in eval mode. Evaluation then
     #: reuses the clean encodings of the modalities a corruption left untouched (see ``engine.reuse``).
     unimodal_encoders: ClassVar[tuple[str, ...]] = ()
+    #: Training batches carry their clean twins and per-sample missing rates in ``Batch.extra``
+    #: (``clean_<field>``, ``missing_rate_<m>``, ``drawn_rate_<m>``; built by ``engine.batches``
+    #: from the train-time noise). Validation and test batches are never paired.
+    wants_paired_batches: ClassVar[bool] = False
 
     def __init__(self, spec: DatasetSpec, config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -166,7 +170,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return METHODS.add(cls.name, cls)
 
 
-_BUILTIN_MODULES = ("lf_dnn", "almt", "mlcl", "cmcbep_cl", "mmim", "mecam")
+_BUILTIN_MODULES = ("lf_dnn", "almt", "mlcl", "cmcbep_cl", "mmim", "mecam", "lnln", "tfn", "lmf", "ef_lstm", "mfn", "mult", "misa", "self_mm", "tfr_net")
 
 
 def _load_builtin_methods() -> None:

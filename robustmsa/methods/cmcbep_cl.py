@@ -73,6 +73,10 @@ Repairs (what the published code did, what we do, why):
   Non0 Acc-2 among epochs whose validation loss improved.
 - **Absent modalities.** The shared ``RNNEncoder`` accepts length 0 (the reference's packing crashes); its
   ``squeeze()`` of the final state, which breaks batches of one, is not reproduced.
+
+Encoding reuse: the three encoders (``text_proj`` of the [CLS] row, the two ``RNNEncoder``) are the
+``unimodal_encoders``; :meth:`CMCBEPCL.stages_encoded` runs everything after them (estimators onwards mix the
+modalities); ``forward`` encodes in the reference's order (text, vision, audio).
 """
 
 from __future__ import annotations
@@ -479,11 +483,28 @@ class CMCBEPCL(Method):
                     nn.init.kaiming_normal_(p, mode="fan_in")
 
     # ------------------------------------------------------------------ forward
+    #: The three encoders read one modality each; everything after them (estimators, slots, fusion) mixes them.
+    unimodal_encoders = ("text", "audio", "vision")
+    #: The reference's order (text, vision, audio): training draws the same random numbers.
+    _encoder_order = ("text", "vision", "audio")
+
+    def encode_modality(self, batch: Batch, modality: str) -> torch.Tensor:
+        """The d-vector of one modality: ``text_proj`` of the [CLS] row, or the LSTM encoder's output (B, d)."""
+        if modality == "text":
+            return self.text_proj(self.text_encoder(batch)[:, 0])
+        if modality == "vision":
+            return self.vision_encoder(batch.vision, batch.vision_lengths)
+        if modality == "audio":
+            return self.audio_encoder(batch.audio, batch.audio_lengths)
+        raise ValueError(f"cmcbep_cl: unknown modality {modality!r}")
+
     def stages(self, batch: Batch) -> Stages:
         """Every stage of the forward pass (``forward`` keeps the prediction and the auxiliary losses)."""
-        text = self.text_proj(self.text_encoder(batch)[:, 0])
-        vision = self.vision_encoder(batch.vision, batch.vision_lengths)
-        audio = self.audio_encoder(batch.audio, batch.audio_lengths)
+        return self.stages_encoded({m: self.encode_modality(batch, m) for m in self._encoder_order})
+
+    def stages_encoded(self, encoded: Mapping[str, torch.Tensor]) -> Stages:
+        """:meth:`stages` from the encodings of :meth:`encode_modality`."""
+        text, vision, audio = encoded["text"], encoded["vision"], encoded["audio"]
 
         def absent(v: torch.Tensor) -> torch.Tensor:  # the reference's make_mask: the whole vector is zero
             return v.abs().sum(dim=-1) == 0
@@ -516,7 +537,10 @@ class CMCBEPCL(Method):
                       differences=(x_dif, y_dif, z_dif), db_loss=db_loss)
 
     def forward(self, batch: Batch) -> Output:
-        s = self.stages(batch)
+        return self.forward_encoded(batch, {m: self.encode_modality(batch, m) for m in self._encoder_order})
+
+    def forward_encoded(self, batch: Batch, encoded: Mapping[str, torch.Tensor]) -> Output:
+        s = self.stages_encoded(encoded)
         scores = torch.tanh(s.scores) if self.config["score_bound"] == "tanh" else s.scores
         x_dif, y_dif, z_dif = s.differences
         x_c, y_c, z_c = s.contrastive

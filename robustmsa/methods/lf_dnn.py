@@ -12,9 +12,15 @@ Faithful to MMSA, including two quirks worth knowing:
   scale with its valid length; ``average: valid`` averages over valid frames instead (a documented option, off by default);
 - the text LSTM has one layer, so MMSA's ``TextSubNet`` sets its dropout to 0: the configured text dropout is unused.
 Training as MMSA: L1 loss, Adam with L2 weight decay, selection on validation loss, early stopping 8.
+
+Absent modalities (length 0, zero frames; or ``data build``'s (N, 1, 1) zeros) average to 0, as in MMSA; nothing is
+repaired. Encoding reuse: the three sub-networks are the ``unimodal_encoders`` (``encode_modality``), the post-fusion
+layers ``forward_encoded``; ``forward`` runs them in MMSA's order (audio, video, text).
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -89,15 +95,33 @@ class LFDNN(Method):
         self.post_fusion_layer_2 = nn.Linear(c["post_fusion_dim"], c["post_fusion_dim"])
         self.post_fusion_layer_3 = nn.Linear(c["post_fusion_dim"], 1)
 
-    def forward(self, batch: Batch) -> Output:
-        mode = self.config.get("average", "padded")
-        audio_h = self.audio_subnet(time_average(batch.audio, batch.audio_lengths, mode))
-        video_h = self.video_subnet(time_average(batch.vision, batch.vision_lengths, mode))
-        text_h = self.text_subnet(self.text_encoder(batch))
-        x = self.post_fusion_dropout(torch.cat([audio_h, video_h, text_h], dim=-1))
+    #: The three sub-networks read one modality each (BatchNorm uses its running statistics in eval mode).
+    unimodal_encoders = ("text", "audio", "vision")
+
+    def encode_modality(self, batch: Batch, modality: str) -> torch.Tensor:
+        """A sub-network's output: ``audio_subnet`` / ``video_subnet`` on the time average, ``text_subnet``."""
+        if modality == "audio":
+            return self.audio_subnet(time_average(batch.audio, batch.audio_lengths, self._average))
+        if modality == "vision":
+            return self.video_subnet(time_average(batch.vision, batch.vision_lengths, self._average))
+        if modality == "text":
+            return self.text_subnet(self.text_encoder(batch))
+        raise ValueError(f"lf_dnn: unknown modality {modality!r}")
+
+    @property
+    def _average(self) -> str:
+        return self.config.get("average", "padded")
+
+    def forward_encoded(self, batch: Batch, encoded: Mapping[str, torch.Tensor]) -> Output:
+        x = self.post_fusion_dropout(torch.cat([encoded["audio"], encoded["vision"], encoded["text"]], dim=-1))
         x = F.relu(self.post_fusion_layer_1(x))
         x = F.relu(self.post_fusion_layer_2(x))
         return Output(pred=self.post_fusion_layer_3(x).squeeze(-1))
+
+    def forward(self, batch: Batch) -> Output:
+        # MMSA's order (audio, video, text): the same dropout draws in training
+        encoded = {m: self.encode_modality(batch, m) for m in ("audio", "vision", "text")}
+        return self.forward_encoded(batch, encoded)
 
     def configure_optimizers(self, epochs: int, steps_per_epoch: int):
         optimizer = torch.optim.Adam(self.parameters(), lr=float(self.config["lr"]),

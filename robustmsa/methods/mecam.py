@@ -61,7 +61,10 @@ Repairs (what the published code does -> what we do -> why):
    stopping 20 (``when`` stays 20), batch 32 / 64. The README's ``dropout a/v`` are LSTM dropouts, inert with
    one layer (as in the reference); it has no counterpart for its ``dropout t``.
 7. Inherited from MMIM (``mmim.py``): validation-only selection, per-batch stages, the explicit entropy memory
-   and its numerical safety, absent modalities, float32 loss heads. HEAD's ``contrast: false`` branch
+   and its numerical safety, absent modalities (the entropy leaves out samples whose modality is absent), float32
+   loss heads, encoding reuse: :meth:`MECAM.encode_modality` packs one modality's encoder outputs into one tensor
+   (text: token states + mask channel; audio / vision: LSTM vector, per-frame states + mask channel), unpacked by
+   :meth:`MECAM.unpack`; the talking-heads attention, which mixes text and A/V, runs after it. HEAD's ``contrast: false`` branch
    (criterion + ``alpha nce``, no ``lld``) is kept for that setting.
 """
 
@@ -215,15 +218,36 @@ class MECAM(MMIM):
                                                       out_dim=self.dims["vision"], **attention)
         self.fusion_prj = FusionSubNet(sum(self.dims.values()), int(c["d_prjh"]), float(c["dropout_prj"]))
 
-    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """MMIM's encodings plus the A/V LSTM states and frame masks, and the text mask."""
-        states = self.text_encoder(batch)
-        audio, audio_states, audio_mask = rnn_with_states(self.acoustic_enc, batch.audio, batch.audio_lengths)
-        vision, vision_states, vision_mask = rnn_with_states(self.visual_enc, batch.vision,
-                                                             batch.vision_lengths)
-        return {"text_states": states, "text": states[:, 0], "text_mask": batch.text_mask,
-                "audio": audio, "audio_states": audio_states, "audio_mask": audio_mask,
-                "vision": vision, "vision_states": vision_states, "vision_mask": vision_mask}
+    def encode_modality(self, batch: Batch, modality: str) -> torch.Tensor:
+        """One modality's encoder outputs, packed into one tensor per sample (see :meth:`unpack`).
+
+        ``text``: the token states with the attention mask as one more channel (B, L_t, D_t + 1);
+        ``audio`` / ``vision``: the LSTM vector, then the per-frame states with the frame mask as one more
+        channel, flattened: (B, d_m + L (H + 1)). The attention that mixes them runs later, in :meth:`fuse`.
+        """
+        if modality == "text":
+            states = self.text_encoder(batch)
+            return torch.cat([states, batch.text_mask[..., None].to(states.dtype)], dim=-1)
+        if modality in ("audio", "vision"):
+            encoder = self.acoustic_enc if modality == "audio" else self.visual_enc
+            final, states, mask = rnn_with_states(encoder, getattr(batch, modality),
+                                                  getattr(batch, f"{modality}_lengths"))
+            frames = torch.cat([states, mask[..., None].to(states.dtype)], dim=-1)
+            return torch.cat([final, frames.flatten(1)], dim=1)  # mixed precision: promoted, exact
+        raise ValueError(f"{self.name}: unknown modality {modality!r}")
+
+    def unpack(self, encoded: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MMIM's encodings plus the A/V LSTM states and frame masks, the text states and the text mask."""
+        text = encoded["text"]
+        out = {"text_states": text[..., :-1], "text": text[:, 0, :-1], "text_mask": text[..., -1] > 0}
+        for modality, encoder in (("audio", self.acoustic_enc), ("vision", self.visual_enc)):
+            packed, width = encoded[modality], self.dims[modality]
+            state_width = encoder.rnn.hidden_size * (2 if encoder.rnn.bidirectional else 1)
+            frames = packed[:, width:].unflatten(1, (-1, state_width + 1))
+            out[modality] = packed[:, :width]
+            out[f"{modality}_states"] = frames[..., :-1]
+            out[f"{modality}_mask"] = frames[..., -1] > 0
+        return out
 
     def fuse(self, batch: Batch, enc: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = enc["text_states"], enc["text_mask"]

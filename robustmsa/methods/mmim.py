@@ -65,7 +65,11 @@ Repairs and decisions (what the reference does -> what we do -> why):
    per dimension when they are of similar size.
 5. **Absent modalities.** The reference crashes on a zero audio length and clamps zero vision lengths to 1
    (reading a padding frame) -> the shared ``RNNEncoder`` (absent = zero LSTM state); CPC normalises with
-   ``F.normalize`` (an all-zero vector stays zero instead of 0 / 0 = NaN).
+   ``F.normalize`` (an all-zero vector stays zero instead of 0 / 0 = NaN). The entropy ``H`` leaves out the samples
+   whose ``y`` modality is absent (length 0): their encodings are one constant vector, whose rows would make the
+   covariance singular (the reference: ``logdet`` -inf, NaN gradients; with the jitter of item 4 alone a
+   meaningless constant of about -27.6 per dimension); a group without two present samples is skipped. Nothing
+   changes where every sample has the modality.
 6. **Precision.** Under the engine's CUDA bf16 autocast, the MMILB, CPC and entropy terms run in float32.
 7. **Kept as published** (documented, not repaired): ``logvar`` unbounded (the ``last_activation`` argument is
    ignored, and ``lld`` lacks the ``-logvar / 2`` term, so stage 0 can raise ``logvar`` without limit);
@@ -79,6 +83,10 @@ Repairs and decisions (what the reference does -> what we do -> why):
 8. **Text.** The reference fine-tunes BERT; the default backbone ``features`` reads the precomputed [CLS] row,
    frozen by construction (``hf:PATH`` fine-tunes a local checkpoint at ``lr_bert``). With ``embedding`` the
    first row is the embedding of the [CLS] id, the same for every sample: MMIM then has no text information.
+9. **Encoding reuse** (``unimodal_encoders``): :meth:`MMIM.encode_modality` is the [CLS] row or an
+   ``RNNEncoder`` vector, :meth:`MMIM.forward_encoded` everything after (fusion, MMILB, CPC, ``H``); ``forward``
+   encodes in the reference's order (text, audio, vision). Evaluation then recomputes only the modalities a
+   corruption changed (``engine.reuse``).
 """
 
 from __future__ import annotations
@@ -287,12 +295,31 @@ class MMIM(Method):
                 nn.init.xavier_normal_(p)
 
     # ------------------------------------------------------------------ forward pieces
+    #: Text backbone ([CLS] row) and the two LSTM encoders each read one modality; fusion, MMILB and CPC
+    #: come after them (:meth:`forward_encoded`).
+    unimodal_encoders = ("text", "audio", "vision")
+    #: The order in which :meth:`encode` runs the encoders: the reference's (text backbone, audio, vision),
+    #: so that training draws the same random numbers (dropout of a fine-tuned text backbone).
+    _encoder_order = ("text", "audio", "vision")
+
+    def encode_modality(self, batch: Batch, modality: str) -> torch.Tensor:
+        """``text``: the backbone's first row ([CLS]) (B, d_t); ``audio`` / ``vision``: the LSTM vector (B, d_m)."""
+        if modality == "text":
+            # a copy of the row, so that kept encodings do not hold on to the whole token tensor
+            return self.text_encoder(batch)[:, 0].contiguous()
+        if modality == "audio":
+            return self.acoustic_enc(batch.audio, batch.audio_lengths)
+        if modality == "vision":
+            return self.visual_enc(batch.vision, batch.vision_lengths)
+        raise ValueError(f"{self.name}: unknown modality {modality!r}")
+
+    def unpack(self, encoded: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The named pieces the later stages read, from :meth:`encode_modality`'s outputs (MMIM: the same)."""
+        return {m: encoded[m] for m in ("text", "audio", "vision")}
+
     def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Unimodal vectors ``text`` ([CLS] row), ``audio``, ``vision`` (B, d_m), and ``text_states``."""
-        states = self.text_encoder(batch)
-        return {"text_states": states, "text": states[:, 0],
-                "audio": self.acoustic_enc(batch.audio, batch.audio_lengths),
-                "vision": self.visual_enc(batch.vision, batch.vision_lengths)}
+        """Unimodal vectors ``text`` ([CLS] row), ``audio``, ``vision`` (B, d_m) (MECAM adds its sequences)."""
+        return self.unpack({m: self.encode_modality(batch, m) for m in self._encoder_order})
 
     def fuse(self, batch: Batch, enc: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Fusion ``z`` (B, d_prjh) and prediction (B,) from ``[text, audio, vision]``."""
@@ -312,6 +339,11 @@ class MMIM(Method):
                      for p in self.pairs}
         return sum(terms.values()), terms
 
+    @staticmethod
+    def present(batch: Batch, modality: str) -> torch.Tensor:
+        """(B,) bool: the samples whose ``modality`` (audio or vision) has at least one valid frame."""
+        return getattr(batch, f"{modality}_lengths") > 0
+
     def compute(self, batch: Batch, *, labels: torch.Tensor | None = None,
                 enc: Mapping[str, torch.Tensor] | None = None) -> MMIMParts:
         """One forward (from ``enc`` when given): ``lld``, fusion, prediction and ``nce``; with ``labels``,
@@ -327,8 +359,13 @@ class MMIM(Method):
         parts.projections = {}
         with full_precision(device):
             for p in self.pairs:
-                projected = self.mi[p].project(enc[MI_PAIRS[p][1]].float())
-                pos, neg = projected[labels > 0], projected[labels < 0]
+                target = MI_PAIRS[p][1]
+                projected = self.mi[p].project(enc[target].float())
+                # Absent samples (length 0) are left out of the entropy groups: an absent modality has one
+                # constant encoding, so its rows make the covariance singular (the reference: logdet -inf and NaN
+                # gradients; with our jitter alone a meaningless constant of about -27.6 per dimension).
+                present = self.present(batch, target)
+                pos, neg = projected[(labels > 0) & present], projected[(labels < 0) & present]
                 parts.projections[p] = (pos, neg)
                 if not len(self.entropy_memory):
                     continue
@@ -343,11 +380,15 @@ class MMIM(Method):
             parts.H = sum(parts.H_terms.values())
         return parts
 
+    def forward_encoded(self, batch: Batch, encoded: Mapping[str, torch.Tensor]) -> Output:
+        """:meth:`forward` from the encodings of :meth:`encode_modality` (every modality)."""
+        parts = self.compute(batch, labels=batch.labels if self.training else None, enc=self.unpack(encoded))
+        return Output(pred=parts.pred, aux_losses={"nce": parts.nce, "lld": parts.lld, "H": parts.H})
+
     def forward(self, batch: Batch) -> Output:
         """Prediction and ``aux_losses`` ``nce``, ``lld``, ``H``. Labels and the entropy memory are used only
         in training mode (for ``H`` and label-based contrastive terms); the prediction never uses them."""
-        parts = self.compute(batch, labels=batch.labels if self.training else None)
-        return Output(pred=parts.pred, aux_losses={"nce": parts.nce, "lld": parts.lld, "H": parts.H})
+        return self.forward_encoded(batch, {m: self.encode_modality(batch, m) for m in self._encoder_order})
 
     # ------------------------------------------------------------------ objective
     def _contrast_terms(self, nce: torch.Tensor, lld: torch.Tensor) -> torch.Tensor:
