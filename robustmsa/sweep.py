@@ -24,7 +24,7 @@ from .datasets.split import Dataset, Split
 from .engine.cache import cache_key
 from .audit import input_coverage
 from .engine.evaluate import SplitEvaluator
-from .engine.train import resolved_config, train
+from .engine.train import effective_train_noise, resolved_config, train
 from .provenance import environment, utc_now
 from .results import CellKey, ResultsStore
 
@@ -106,9 +106,10 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
         task = progress.add_task("sweep", total=total)
         for method in methods:
             config = resolved_config(method, dataset.spec, overrides, epochs=epochs, text_backbone=text_backbone)
+            noise = effective_train_noise(config, train_noise)  # a method's default noise (LNLN) names its cells
             config_hash = cache_key(config)[:16]
             for seed in seeds:
-                keys = [CellKey(method, dataset.spec.fingerprint, int(seed), train_noise, config_hash, c, float(v),
+                keys = [CellKey(method, dataset.spec.fingerprint, int(seed), noise, config_hash, c, float(v),
                                 int(corruption_seed), text_mode, encoder_spec) for c in corruptions for v in levels]
                 missing = [k for k in keys if force or not store.has(k)]
                 skipped += len(keys) - len(missing)

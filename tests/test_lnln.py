@@ -284,3 +284,17 @@ def test_engine_trains_lnln_on_paired_noisy_batches_by_default(tiny, tmp_path, m
     assert explicit.from_cache and explicit.key == trained.key  # the default and the explicit noise: one model
     off = train("lnln", tiny, seed=2, epochs=1, overrides=TINY, use_cache=False, train_noise="none")
     assert off.train_noise is None and off.config["train_noise"] is None and off.key != trained.key
+
+
+def test_a_sweep_names_lnln_cells_and_records_by_the_noise_it_trained_with(tmp_path):
+    from conftest import tiny_synth_dataset
+    from robustmsa.engine.evaluate import run_eval
+    from robustmsa.results import ResultsStore
+    from robustmsa.sweep import run_sweep
+
+    data = tiny_synth_dataset(n_train=32, n_valid=16, n_test=16)
+    run_sweep(["lnln"], data, ["word_drop"], [0.0, 0.5], [1111], tmp_path / "run", epochs=1, overrides=TINY,
+              cache=tmp_path / "cache", audit_samples=0)
+    assert set(ResultsStore(tmp_path / "run").to_frame()["train_noise"]) == {"random_missing"}
+    record = run_eval("lnln", data, severity=0.5, seeds=[1111], epochs=1, overrides=TINY, cache=str(tmp_path / "cache"))
+    assert record["config"]["train_noise"] == "random_missing" and record["per_seed"][0]["from_cache"]

@@ -149,7 +149,7 @@ def run_eval(method: str, dataset: Dataset, *, corruption: str = "random_missing
             "method": method, "dataset": dataset.spec.to_dict(), "seeds": list(seeds),
             "corruption": {"spec": corruption, "severity": severity, "seed": corruption_seed,
                            "modalities": None if modalities is None else list(modalities), "repr": repr(built)},
-            "train_noise": train_noise, "device": trained.device, "overrides": dict(overrides or {}),
+            "train_noise": trained.train_noise, "device": trained.device, "overrides": dict(overrides or {}),
             "epochs": epochs, "text_backbone": text_backbone, **text_mode_config(reencoder), "method_config": config,
             "selection": "validation loss (one checkpoint for all metrics)",
         },
