@@ -103,7 +103,7 @@ def build(frame, metric: str = "acc2", baseline: str = "lf_dnn", coverage=None):
                       "seeds": int(row["seeds"]), "train_noise": row["train_noise"],
                       "text_mode": text_mode_label(row["text_mode"], row["text_encoder"]),
                       "config": ",".join(sorted(set(cells["config_hash"].astype(str)))),
-                      **_coverage_columns(coverage, set(cells["model_key"].dropna()))})
+                      **_coverage_columns(coverage, set(cells["model_key"].dropna()) if "model_key" in cells else set())})
         rows.append(entry)
     board = pd.DataFrame(rows)
     sign = -1 if higher else 1
