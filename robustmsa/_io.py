@@ -7,7 +7,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 __all__ = ["atomic_open", "sha256_file", "OutputExistsError"]
 
@@ -59,3 +59,33 @@ def atomic_open(path: str | os.PathLike, *, force: bool = False, mode: str = "wb
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+def sidecar_path(out: str | os.PathLike) -> Path:
+    """Where the provenance JSON of ``out`` goes: ``<out>.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def claim_outputs(out: str | os.PathLike, *, force: bool = False) -> Path:
+    """Refuse, before any work, an existing ``out`` or ``<out>.json`` unless ``force``; returns the sidecar path."""
+    sidecar = sidecar_path(out)
+    for path in (Path(out), sidecar):
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    return sidecar
+
+
+def write_sidecar(out: str | os.PathLike, record: Any) -> Path:
+    """Write ``record`` as ``<out>.json`` atomically; if that fails, remove ``out`` (no output without provenance)."""
+    import json
+
+    sidecar = sidecar_path(out)
+    try:
+        with atomic_open(sidecar, force=True, mode="w") as handle:
+            json.dump(record, handle, indent=2, default=str)
+            handle.write("\n")
+    except BaseException:
+        Path(out).unlink(missing_ok=True)
+        raise
+    return sidecar

@@ -31,3 +31,19 @@ def test_a_failed_write_leaves_nothing_and_an_existing_file_is_kept(tmp_path):
         with atomic_open(target) as handle:
             handle.write(b"theirs")
     assert target.read_bytes() == b"mine" and list(tmp_path.iterdir()) == [target]
+
+
+def test_outputs_are_claimed_before_work_and_a_failed_sidecar_removes_its_output(tmp_path):
+    from robustmsa._io import claim_outputs, write_sidecar
+
+    out = tmp_path / "data.pkl"
+    assert claim_outputs(out) == tmp_path / "data.pkl.json"
+    (tmp_path / "data.pkl.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="data.pkl.json"):
+        claim_outputs(out)
+    (tmp_path / "data.pkl.json").unlink()
+    out.write_bytes(b"pickle")
+    (tmp_path / "data.pkl.json").mkdir()  # the sidecar cannot be written
+    with pytest.raises(OSError):
+        write_sidecar(out, {"kind": "x"})
+    assert not out.exists()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .._io import OutputExistsError, atomic_open
+from .._io import claim_outputs, sidecar_path, write_sidecar
 from ..datasets.io import load, write_mmsa_pickle
 from ..datasets.split import SPLIT_NAMES, Dataset
 from ..provenance import environment, utc_now
@@ -58,12 +57,6 @@ def _reencoder(dataset: Dataset, split: str, text_mode: str, text_encoder, allow
                              allow_mismatch=allow_mismatch, device=device)
 
 
-def sidecar_path(out: str | os.PathLike) -> Path:
-    """Where the provenance JSON of ``out`` goes: ``<out>.json``."""
-    out = Path(out)
-    return out.with_name(out.name + ".json")
-
-
 def corrupt_to_file(data: str | os.PathLike, corruption: str, severity: float, seed: int, out: str | os.PathLike, *,
                     modalities: str | Sequence[str] | None = None, seeding: Seeding = "independent",
                     splits: Sequence[str] = ("test",), force: bool = False, data_root: str | os.PathLike | None = None,
@@ -78,10 +71,7 @@ def corrupt_to_file(data: str | os.PathLike, corruption: str, severity: float, s
     Returns the provenance record (also written as the sidecar).
     """
     out = Path(out)
-    sidecar = sidecar_path(out)
-    for path in (out, sidecar):
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    claim_outputs(out, force=force)
     if out.resolve() == Path(os.fspath(data)).resolve():
         raise ValueError(f"--out {out} is the input file; write the corrupted copy elsewhere")
     chosen_splits = _check_splits(splits)
@@ -107,11 +97,5 @@ def corrupt_to_file(data: str | os.PathLike, corruption: str, severity: float, s
         "untouched_splits": [name for name in SPLIT_NAMES if name not in chosen_splits],
         "environment": environment(),
     }
-    try:
-        with atomic_open(sidecar, force=True, mode="w") as handle:
-            json.dump(record, handle, indent=2)
-            handle.write("\n")
-    except BaseException:
-        out.unlink(missing_ok=True)  # never leave an output without its provenance
-        raise
+    write_sidecar(out, record)
     return record

@@ -11,7 +11,6 @@ zeros with length 0 for every clip.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .._io import OutputExistsError, atomic_open, sha256_file
+from .._io import claim_outputs, sha256_file, write_sidecar
 from .io import _spec, infer_label_family, write_mmsa_pickle
 from .registry import LABEL_RANGES
 from .split import SPLIT_NAMES, Dataset, Split, content_hash
@@ -512,14 +511,10 @@ def build_to_file(labels: str | os.PathLike, encoder: "LocalTextEncoder | str", 
     Both outputs are checked before anything is computed and kept unless ``force``; the pickle and the sidecar
     are written atomically. Returns the provenance record (the sidecar's content).
     """
-    from ..corruptions.apply import sidecar_path
     from ..provenance import environment, utc_now
 
     out = Path(out)
-    sidecar = sidecar_path(out)
-    for path in (out, sidecar):
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    claim_outputs(out, force=force)
     if Path(labels).exists() and out.resolve() == Path(labels).resolve():
         raise ValueError(f"--out {out} is the label table; write the pickle elsewhere")
     if options.get("name") is None:
@@ -537,13 +532,7 @@ def build_to_file(labels: str | os.PathLike, encoder: "LocalTextEncoder | str", 
                    "seq_lens": dict(dataset.spec.seq_lens), "content_hash": dataset.spec.fingerprint},
         "environment": {**environment(), **_versions()},
     }
-    try:
-        with atomic_open(sidecar, force=True, mode="w") as handle:
-            json.dump(record, handle, indent=2)
-            handle.write("\n")
-    except BaseException:
-        out.unlink(missing_ok=True)  # never leave an output without its provenance
-        raise
+    write_sidecar(out, record)
     return record
 
 

@@ -29,7 +29,6 @@ valid tokens ([CLS] and [SEP] included) derived from the attention mask exactly 
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import types
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import OutputExistsError, atomic_open
+from .._io import claim_outputs, write_sidecar
 from .io import _HashingReader, _spec, infer_label_family, write_mmsa_pickle
 from .registry import LABEL_RANGES
 from .safe_pickle import SafeUnpickler, UnsafePickleError
@@ -492,14 +491,10 @@ def convert_mag_to_file(source: str | os.PathLike, encoder: LocalTextEncoder | s
     Both outputs are checked before anything is computed and kept unless ``force``; nothing is written unless
     the conversion succeeds. Returns the provenance record (the sidecar's content).
     """
-    from ..corruptions.apply import sidecar_path
     from ..provenance import environment, utc_now
 
     out = Path(out)
-    sidecar = sidecar_path(out)
-    for target in (out, sidecar):
-        if target.exists() and not force:
-            raise OutputExistsError(f"{target} already exists; pass --force (force=True) to overwrite it")
+    claim_outputs(out, force=force)
     if Path(source).exists() and out.resolve() == Path(source).resolve():
         raise ValueError(f"--out {out} is the input file; write the converted pickle elsewhere")
     dataset, info = _convert(source, encoder, max_seq_length=max_seq_length, name=name,
@@ -516,11 +511,5 @@ def convert_mag_to_file(source: str | os.PathLike, encoder: LocalTextEncoder | s
         "output": {"path": str(out), "sha256": out_sha, "spec": dataset.spec.to_dict()},
         "environment": environment(),
     }
-    try:
-        with atomic_open(sidecar, force=True, mode="w") as handle:
-            json.dump(record, handle, indent=2)
-            handle.write("\n")
-    except BaseException:
-        out.unlink(missing_ok=True)  # never leave an output without its provenance
-        raise
+    write_sidecar(out, record)
     return record
