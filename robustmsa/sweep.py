@@ -1,37 +1,35 @@
 """Noise sweeps: train each (method, seed) once, evaluate it under every corruption and level, one record per cell.
 
-Cells already in the results store are skipped, so re-running an interrupted sweep finishes it; ``force``
-recomputes. Training goes through the engine's checkpoint cache, so a model is trained at most once per
-(method, config, dataset, seed, train noise) across sweeps.
+The driver plans jobs from the results store -- one job per (method, seed) model whose cells are not all
+recorded -- hands them to a launcher (``robustmsa.launchers``: ``local`` by default, ``slurm``, ``ray``), and asks
+the store again afterwards; it repeats until every cell is recorded or a job keeps failing. Resume, retry and
+concurrent sweeps into one directory therefore work the same on every engine. Training goes through the engine's
+checkpoint cache, so a model is trained at most once per (method, config, dataset, seed, train noise).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import numpy as np
-
-from . import __version__
-from . import metrics as msa_metrics
 from .corruptions import create_corruption
-from .corruptions.reencode import (REENCODE_RECORD, TextReencoder, corruption_records, prepare_reencoder,
-                                   text_mode_config)
-from .datasets.split import Dataset, Split
-from .engine.cache import cache_key
-from .audit import input_coverage
-from .engine.evaluate import SplitEvaluator
-from .engine.train import effective_train_noise, resolved_config, train
+from .corruptions.reencode import check_text_mode
+from .datasets.split import Dataset
+from .jobs import (DatasetRef, SweepSpec, evaluate_model, is_trained, missing_cells, plan_jobs,
+                   train_model)
+from .launchers.base import Launcher, Outcome, Phase, Task
+from .locks import is_stale
 from .provenance import environment, utc_now
-from .results import CellKey, ResultsStore
+from .results import ResultsStore
+from .stop import handle_sigterm
 
 if TYPE_CHECKING:
     from .text_encoding import LocalTextEncoder
 
-__all__ = ["parse_levels", "SweepSummary", "run_sweep"]
+__all__ = ["parse_levels", "SweepSummary", "SweepIncomplete", "run_sweep"]
 
 
 def parse_levels(text: str) -> list[float]:
@@ -63,6 +61,13 @@ class SweepSummary:
     trained: int
     out: Path
     seconds: float
+    rounds: int = 1
+    jobs_run: int = 0
+    failures: list[str] = field(default_factory=list)   # "<job>: <first line of the error>" of failed attempts
+
+
+class SweepIncomplete(RuntimeError):
+    """Jobs kept failing: the cells listed are still missing (rerun to retry them)."""
 
 
 def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[str], levels: Sequence[float],
@@ -72,103 +77,176 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
               force: bool = False, quiet: bool = True, log: Callable[[str], None] | None = None,
               command: str | None = None, text_mode: str = "features",
               text_encoder: "str | LocalTextEncoder | None" = None,
-              allow_encoder_mismatch: bool = False, audit_samples: int = 32) -> SweepSummary:
+              allow_encoder_mismatch: bool = False, audit_samples: int = 32,
+              launcher: Launcher | None = None, dataset_ref: DatasetRef | None = None, max_rounds: int = 3,
+              train_gpus: float | None = None, eval_gpus: float | None = None,
+              poll_seconds: float = 5.0, stale_after: float = 600.0) -> SweepSummary:
     """Run (or resume) the grid methods x seeds x corruptions x levels on ``dataset``; records go to ``out``.
 
     Each trained model is also audited for input coverage on ``audit_samples`` test items (``robustmsa.audit``,
     gradient probe; 0 turns it off), written to ``out/coverage/<method>/<model key>.json`` for the leaderboard.
 
-    ``text_mode="reencode"`` loads ``text_encoder`` once, checks it against the clean test features, and re-encodes
-    each corrupted test split once per (corruption, level); its cells get keys of their own.
+    ``text_mode="reencode"`` loads ``text_encoder``, checks it against the clean test features, and re-encodes
+    each corrupted test split once per (corruption, level) and process; its cells get keys of their own.
+
+    ``launcher`` runs the jobs (default: ``LocalLauncher(jobs=1)``, in this process). Jobs in other processes or
+    on other machines reload the dataset from ``dataset_ref`` (a registered name or pickle path); without one the
+    ``dataset`` object itself is sent (fine for local pools, not for clusters). A job that fails is retried in
+    the next round, up to ``max_rounds`` rounds with failures; then :class:`SweepIncomplete` is raised. Models
+    claimed by another live sweep are waited for (polling every ``poll_seconds``), never computed twice.
     """
+    from .jobs import _CORRUPTED, _reencoder
+    from .launchers.local import LocalLauncher
+
     start = time.perf_counter()
+    say = log or (lambda message: None)
+    launcher = launcher or LocalLauncher(jobs=1)
     store = ResultsStore(out)
     for name in corruptions:  # fail on a bad corruption name before any training
         create_corruption(name, 0.0)
-    reencoder = prepare_reencoder(text_mode, text_encoder, dataset.test, source=dataset.spec.source,
-                                  allow_mismatch=allow_encoder_mismatch, device=device)
-    encoder_spec = None if reencoder is None else reencoder.spec
-    mode = text_mode_config(reencoder)
-    grid = {"methods": list(methods), "corruptions": list(corruptions), "levels": list(levels),
-            "seeds": list(seeds), "corruption_seed": corruption_seed, "train_noise": train_noise,
-            "text_mode": text_mode, "text_encoder": encoder_spec}
+    check_text_mode(text_mode, text_encoder)
+    in_process = isinstance(launcher, LocalLauncher) and launcher.jobs == 1 and not launcher.gpus
+    if dataset_ref is None and not isinstance(launcher, LocalLauncher):
+        raise ValueError(f"the {launcher.name} launcher runs jobs on other machines: they need a dataset_ref "
+                         f"(a registered name or a pickle path), not an in-memory dataset")
+    spec = SweepSpec(tuple(methods), dataset if in_process or dataset_ref is None else dataset_ref,
+                     tuple(corruptions), tuple(float(v) for v in levels), tuple(int(s) for s in seeds), str(out),
+                     corruption_seed=int(corruption_seed), epochs=epochs, overrides=dict(overrides or {}),
+                     text_backbone=text_backbone, train_noise=train_noise, device=device,
+                     cache=None if cache is None else str(cache), text_mode=text_mode, text_encoder=text_encoder,
+                     allow_encoder_mismatch=allow_encoder_mismatch, audit_samples=int(audit_samples),
+                     force=force, stale_after=float(stale_after))
+    reencoder = _reencoder(spec, dataset, None)  # load and check the encoder here, before any job runs
+    mode = {"text_mode": "features", "text_encoder": None} if reencoder is None else reencoder.describe()
+    if not in_process and not isinstance(spec.text_encoder, (str, type(None))):
+        raise ValueError("jobs in other processes need the text encoder as a spec string (hf:DIR or minilm)")
+    grid = {"methods": list(methods), "corruptions": list(corruptions), "levels": list(spec.levels),
+            "seeds": list(spec.seeds), "corruption_seed": corruption_seed, "train_noise": train_noise,
+            "text_mode": text_mode, "text_encoder": spec.encoder_spec}
+    if not isinstance(launcher, LocalLauncher):
+        launcher.check_storage(store.root)  # shared storage: a job must be able to write here
     store.write_manifest({"kind": "robustmsa.sweep", "command": command, "created": utc_now(), "grid": grid,
                           "dataset": dataset.spec.to_dict(), "epochs": epochs, "overrides": dict(overrides or {}),
-                          "text_backbone": text_backbone, **mode, "environment": environment()})
-    total = len(methods) * len(seeds) * len(corruptions) * len(levels)
-    corrupted: dict[tuple[str, float], Split] = {}
-    computed = skipped = trained_count = 0
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), disable=quiet) as progress:
-        task = progress.add_task("sweep", total=total)
-        for method in methods:
-            config = resolved_config(method, dataset.spec, overrides, epochs=epochs, text_backbone=text_backbone)
-            noise = effective_train_noise(config, train_noise)  # a method's default noise (LNLN) names its cells
-            config_hash = cache_key(config)[:16]
-            for seed in seeds:
-                keys = [CellKey(method, dataset.spec.fingerprint, int(seed), noise, config_hash, c, float(v),
-                                int(corruption_seed), text_mode, encoder_spec) for c in corruptions for v in levels]
-                missing = [k for k in keys if force or not store.has(k)]
-                skipped += len(keys) - len(missing)
-                progress.advance(task, len(keys) - len(missing))
-                if not missing:
-                    continue
-                progress.update(task, description=f"train {method} seed {seed}")
-                model = train(method, dataset, seed=seed, overrides=overrides, epochs=epochs,
-                              text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache,
-                              quiet=True, log=log)
-                trained_count += int(not model.from_cache)
-                if audit_samples and (force or store.load_coverage(method, model.key) is None):
-                    progress.update(task, description=f"audit {method} seed {seed}")
-                    report = input_coverage(model.model, dataset.test, samples=audit_samples, seed=0,
-                                            device=model.device)
-                    store.write_coverage(method, model.key, {**report.to_dict(), "seed": int(seed),
-                                                             "train_noise": model.train_noise,
-                                                             "dataset": dataset.spec.fingerprint})
-                evaluator = SplitEvaluator(model, dataset.test)  # clean pass once; untouched modalities reused
-                for key in missing:
-                    progress.update(task, description=f"{method} seed {seed} {key.corruption}@{key.level:g}")
-                    split = corrupted.get((key.corruption, key.level))
-                    if split is None:
-                        split = create_corruption(key.corruption, key.level)(dataset.test, corruption_seed)
-                        if reencoder is not None:  # once per (corruption, level); only changed samples
-                            split = reencoder(split, dataset.test)
-                        corrupted[(key.corruption, key.level)] = split
-                    eval_start = time.perf_counter()
-                    if key.level == 0.0:  # severity 0 is the identity
-                        metrics, reused = evaluator.clean(), []
-                    else:
-                        metrics, reused = evaluator.evaluate(split)
-                    store.write(key, {
-                        "kind": "robustmsa.cell", "created": utc_now(), "dataset_name": dataset.spec.name,
-                        "metrics": metrics,
-                        "higher_is_better": {m: msa_metrics.higher_is_better(m) for m in metrics},
-                        "realised": corruption_records(split)[-1]["realised"], "reused_clean_encodings": reused,
-                        **_text_mode_entry(split, reencoder),
-                        "checkpoint": model.cache_path,
-                        "model_key": model.key, "train_from_cache": model.from_cache,
-                        "train_seconds": model.train_seconds, "eval_seconds": time.perf_counter() - eval_start,
-                        "method_config": config, "versions": {"robustmsa": __version__,
-                                                              "numpy": np.__version__},
-                    })
-                    computed += 1
-                    progress.advance(task)
-    frame = store.to_frame()
-    frame.to_csv(store.root / "results.csv", index=False)
+                          "text_backbone": text_backbone, **mode, "launcher": dict(launcher.describe()),
+                          "environment": environment()})
+    jobs = plan_jobs(spec)
+    total = len(jobs) * len(spec.corruptions) * len(spec.levels)
+    gpus = {phase: (given if given is not None else launcher.default_gpus(phase, device))
+            for phase, given in (("train", train_gpus), ("eval", eval_gpus))}
+    summary = SweepSummary(total, 0, 0, 0, store.root, 0.0, rounds=0)
+    failed_rounds = 0
+    first = True
     try:
-        frame.to_parquet(store.root / "results.parquet", index=False)
-    except ImportError:  # pyarrow / fastparquet not installed: the CSV holds the same table
-        pass
-    return SweepSummary(total, computed, skipped, trained_count, store.root, time.perf_counter() - start)
+        with handle_sigterm(), _progress(quiet, total) as progress:
+            while True:
+                todo = [(job, missing) for job in jobs if (missing := missing_cells(job, dataset, store))]
+                done = total - sum(len(m) for _, m in todo)
+                if first:  # cells recorded before this run started
+                    summary.skipped = done
+                    first = False
+                progress.completed(done)
+                if not todo:
+                    break
+                spec_jobs = [job for job, _ in todo]
+                summary.rounds += 1
+                phases = []
+                if launcher.train_phase:
+                    untrained = [job for job in spec_jobs if not is_trained(job, dataset)]
+                    if untrained:
+                        phases.append(Phase("train", tuple(Task(f"train {j.name}", train_model, (j,),
+                                                                gpus=gpus["train"]) for j in untrained)))
+                phases.append(Phase("eval", tuple(Task(f"eval {j.name}", evaluate_model, (j,), gpus=gpus["eval"])
+                                                  for j in spec_jobs)))
+                say(f"round {summary.rounds}: {len(spec_jobs)} model job(s) on {launcher.name}"
+                    + (f", {len(phases[0].tasks)} to train first" if len(phases) == 2 else ""))
+                results = launcher.run(phases)
+                failures = _account(summary, results, progress, say)
+                held = [o.value for o in results[-1] if o.ok and o.value.get("held")]
+                if failures:
+                    failed_rounds += 1
+                    if failed_rounds >= max_rounds:
+                        missing = sum(len(missing_cells(job, dataset, store)) for job in plan_jobs(spec))
+                        raise SweepIncomplete(f"{missing} cell(s) still missing after {failed_rounds} round(s) "
+                                              f"with failures; last: {failures[-1]}. Finished cells are kept: "
+                                              f"rerun the same command to retry.")
+                elif held:
+                    _wait_for_claims(store, held, poll_seconds, stale_after, say)
+                elif not any(o.ok and (o.value.get("computed") or o.value.get("skipped")) for o in results[-1]):
+                    raise SweepIncomplete("a round finished without errors but wrote nothing; cells are still "
+                                          "missing (is the results directory writable and shared?)")
+                if force:  # one pass over every cell
+                    break
+    finally:
+        _CORRUPTED.clear()
+    _write_tables(store)
+    summary.seconds = time.perf_counter() - start
+    return summary
 
 
-def _text_mode_entry(split: Split, reencoder: TextReencoder | None) -> dict[str, Any]:
-    """The text-mode fields of a cell record: the mode, and in reencode mode the encoder and samples re-encoded."""
-    if reencoder is None:
-        return {"text_mode": "features"}
-    done = [r for r in split.corruptions if r.get("name") == REENCODE_RECORD]
-    return {"text_mode": "reencode", "text_encoder": reencoder.encoder.describe(),
-            "samples_reencoded": int(done[-1]["samples_reencoded"]) if done else 0}
+def _account(summary: SweepSummary, results: list[list[Outcome]], progress, say) -> list[str]:
+    """Add a round's outcomes to ``summary``; returns the failures of this round as one-liners."""
+    failures = []
+    for phase in results:
+        for outcome in phase:
+            summary.jobs_run += 1
+            if not outcome.ok:
+                line = (outcome.error or "failed").strip().splitlines()[0]
+                failures.append(f"{outcome.task.name}: {line}")
+                say(f"job failed: {outcome.task.name}: {line}")
+                continue
+            value = outcome.value or {}
+            summary.trained += int(bool(value.get("trained")))
+            if "computed" in value:
+                summary.computed += int(value["computed"])
+                progress.advance(int(value["computed"]))
+    summary.failures.extend(failures)
+    return failures
+
+
+def _wait_for_claims(store: ResultsStore, held: list[dict], poll: float, stale_after: float, say) -> None:
+    """Wait until the models other sweeps hold are released (or their claims go stale)."""
+    paths = [store.root / "claims" / value["job"].split(" seed ")[0] / f"{value['model_key'][:32]}.claim"
+             for value in held]
+    say(f"waiting for {len(paths)} model(s) claimed by another sweep")
+    while any(p.exists() and not is_stale(p, stale_after=stale_after) for p in paths):
+        time.sleep(poll)
+
+
+class _progress:
+    """A cell-count progress bar (rich), or nothing when quiet."""
+
+    def __init__(self, quiet: bool, total: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TimeRemainingColumn(), disable=quiet)
+        self._task = self._progress.add_task("sweep", total=total)
+
+    def __enter__(self) -> "_progress":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def advance(self, count: int) -> None:
+        self._progress.advance(self._task, count)
+
+    def completed(self, count: int) -> None:
+        self._progress.update(self._task, completed=count)
+
+
+def _write_tables(store: ResultsStore) -> None:
+    """results.csv (and results.parquet when pyarrow is present), each written atomically."""
+    from ._io import atomic_open
+
+    frame = store.to_frame()
+    with atomic_open(store.root / "results.csv", force=True, mode="w") as handle:
+        frame.to_csv(handle, index=False)
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:  # the CSV holds the same table
+        return
+    with atomic_open(store.root / "results.parquet", force=True) as handle:
+        frame.to_parquet(handle, index=False)

@@ -31,7 +31,7 @@ from .device import autocast, resolve_device, seed_everything
 from .noise import TrainNoise, normalise_train_noise
 from .reuse import Encodings
 
-__all__ = ["TrainedModel", "train", "predict", "resolved_config", "effective_train_noise"]
+__all__ = ["TrainedModel", "train", "predict", "resolved_config", "effective_train_noise", "model_key"]
 
 EVAL_BATCH = 256
 
@@ -78,7 +78,8 @@ def effective_train_noise(config: dict[str, Any], train_noise: str | None) -> st
     return chosen
 
 
-def _model_key(method: str, config: Mapping[str, Any], spec: DatasetSpec, seed: int, train_noise: str | None) -> str:
+def model_key(method: str, config: Mapping[str, Any], spec: DatasetSpec, seed: int, train_noise: str | None) -> str:
+    """The checkpoint-cache key of a training run (what makes two runs the same model)."""
     return cache_key({"method": method, "config": dict(config), "dataset": spec.fingerprint, "seed": int(seed),
                       "train_noise": train_noise, "robustmsa": __version__})
 
@@ -157,7 +158,7 @@ def train(method: str, dataset: Dataset, *, seed: int = 1111, overrides: Mapping
     say = log or (lambda message: None)
     config = resolved_config(method, dataset.spec, overrides, epochs=epochs, text_backbone=text_backbone)
     train_noise = effective_train_noise(config, train_noise)
-    key = _model_key(method, config, dataset.spec, seed, train_noise)
+    key = model_key(method, config, dataset.spec, seed, train_noise)
     path = entry_path(cache_dir(cache), method, key)
     chosen = resolve_device(device)
     cls = get_method(method)
