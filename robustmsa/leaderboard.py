@@ -101,6 +101,7 @@ def build(frame, metric: str = "acc2", baseline: str = "lf_dnn", coverage=None):
         entry.update({"robust": row["mean_over_levels"], "AUILC": row["auilc"], "mRA": row["mRA"], "mCE": row["mCE"],
                       "rel_mCE": row["relative_mCE"], "change": row["mean_over_levels"] - row["clean"],
                       "seeds": int(row["seeds"]), "train_noise": row["train_noise"],
+                      "_baseline_noise": row.get("baseline_train_noise"),
                       "text_mode": text_mode_label(row["text_mode"], row["text_encoder"]),
                       "config": ",".join(sorted(set(cells["config_hash"].astype(str)))),
                       **_coverage_columns(coverage, set(cells["model_key"].dropna()) if "model_key" in cells else set())})
@@ -115,8 +116,11 @@ def build(frame, metric: str = "acc2", baseline: str = "lf_dnn", coverage=None):
     board.insert(0, "rank", board["_key"].rank(method="min", na_option="bottom").astype(int))
     board = board.drop(columns=["_key", "_tie"])
     board["rank_change"] = board["clean_rank"] - board["rank"]
+    crossed = board[board["_baseline_noise"].notna() & (board["_baseline_noise"] != board["train_noise"])]
+    board = board.drop(columns=["_baseline_noise"])
     board.attrs.update({"metric": key, "higher_is_better": higher, "baseline": baseline,
-                        "grid": sorted(summary["grid"].unique())})
+                        "grid": sorted(summary["grid"].unique()),
+                        "baseline_fallback": sorted(set(crossed["method"]))})
     return board.drop(columns=["clean_rank"])
 
 
@@ -126,10 +130,20 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def baseline_note(board) -> str:
+    """What mCE compares with: the baseline trained with each row's train noise, or (named) without noise."""
+    note = f"mCE vs {board.attrs['baseline']} with the same train noise"
+    fallback = board.attrs.get("baseline_fallback") or []
+    if fallback:
+        note += (f" ({', '.join(fallback)}: vs {board.attrs['baseline']} trained without noise, since it was not "
+                 f"trained with theirs)")
+    return note
+
+
 def to_markdown(board) -> str:
     """A GitHub-flavoured Markdown table with a caption line."""
     caption = (f"Metric {board.attrs['metric']} ({'higher' if board.attrs['higher_is_better'] else 'lower'} is better); "
-               f"mCE vs {board.attrs['baseline']}; level grid(s) {', '.join(board.attrs['grid'])}")
+               f"{baseline_note(board)}; level grid(s) {', '.join(board.attrs['grid'])}")
     header = "| " + " | ".join(board.columns) + " |"
     rule = "|" + "|".join("---:" if board[c].dtype.kind in "if" else "---" for c in board.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in board.itertuples(index=False)]

@@ -144,8 +144,9 @@ def summarize(frame, baseline: str | None = "lf_dnn"):
     ``frame`` is the tidy table of a results store (``ResultsStore.to_frame()``). Columns of the result:
     ``clean`` (level 0), ``at_<level>`` (mean score per level), ``mean_over_levels``, ``auilc`` (normalised;
     ``grid`` gives its levels), ``retention`` (RA over the corrupted levels), and, against ``baseline`` (its
-    seed-mean curve on the same corruption, levels, metric, train noise and text mode; NaN where it is missing),
-    ``ce``, ``relative_ce`` and ``effective_robustness``; each with ``_std`` over seeds, and ``seeds``. Cells of
+    seed-mean curve on the same corruption, levels, metric, train noise and text mode -- or, for a method trained
+    with a noise the baseline was not trained with, the baseline trained without noise; ``baseline_train_noise``
+    says which; NaN where neither exists), ``ce``, ``relative_ce`` and ``effective_robustness``; each with ``_std`` over seeds, and ``seeds``. Cells of
     different text modes (``features`` / ``reencode`` with an encoder) are never averaged together.
     """
     import pandas as pd
@@ -165,6 +166,10 @@ def summarize(frame, baseline: str | None = "lf_dnn"):
                                              "effective_robustness")}
         levels = sorted(group["level"].unique())
         b = base_curves.get((dataset, *variant, corruption, metric))
+        base_noise = variant[0] if b is not None else None
+        if b is None and variant[0] != "none":  # e.g. LNLN always trains with noise: compare with the clean-trained
+            b = base_curves.get((dataset, "none", *variant[1:], corruption, metric))  # baseline, and say so
+            base_noise = "none" if b is not None else None
         for _, seed_group in group.groupby("seed"):
             curve = seed_group.groupby("level")["value"].mean().reindex(levels)
             r, f = np.asarray(curve.index, dtype=float), curve.to_numpy(dtype=float)
@@ -181,7 +186,7 @@ def summarize(frame, baseline: str | None = "lf_dnn"):
                 per_seed["relative_ce"].append(relative_corruption_error(err[0], err[1:], base_err[0], base_err[1:]))
                 per_seed["effective_robustness"].append(effective_robustness(f, bf, higher))
         row: dict[str, Any] = dict(zip(_GROUP, key))
-        row.update({"higher_is_better": higher, "seeds": int(group["seed"].nunique()),
+        row.update({"higher_is_better": higher, "seeds": int(group["seed"].nunique()), "baseline_train_noise": base_noise,
                     "grid": ",".join(f"{v:g}" for v in levels)})
         for name, values in per_seed.items():
             row[name], row[f"{name}_std"] = _stats(values)
@@ -209,4 +214,6 @@ def overall(summary):
     table["corruptions"] = grouped["corruption"].nunique()
     table["seeds"] = grouped["seeds"].max()
     table["higher_is_better"] = grouped["higher_is_better"].first()
+    if "baseline_train_noise" in summary:
+        table["baseline_train_noise"] = grouped["baseline_train_noise"].first()
     return table.reset_index()
