@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import Any, Mapping, Sequence
 
@@ -40,12 +41,9 @@ def _run_in_slot(task: Task, slot: str, threads: int) -> Outcome:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # imported later, torch reads OMP_NUM_THREADS itself
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
     from ..stop import handle_sigterm
 
     with handle_sigterm():  # the driver forwards its SIGTERM: finish the current cell, then stop
