@@ -1,19 +1,90 @@
 """The ``robustmsa`` command line: a thin typer layer; every command is a library call.
 
 Heavy imports happen inside the commands so that ``robustmsa --help`` is instant.
+
+Errors: bad input (unknown method, corruption or dataset names, severities outside [0, 1], malformed
+``--levels``/``--set``/``--param`` values, bad seed counts, missing files) is checked before any data is
+loaded or model trained where possible, and reported as one line, ``error: ...`` on stderr, exit code 1
+(usage errors that click itself detects, such as a missing option or a non-number, exit with 2). Unexpected
+exceptions are one line too, ``error: Type: message (run with --debug for the traceback)``, exit code 1.
+``robustmsa --debug COMMAND ...`` (or ``ROBUSTMSA_DEBUG=1``; a trailing ``--debug`` also works) prints the
+full traceback first.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
+import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(name="robustmsa", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+DEBUG_ENV = "ROBUSTMSA_DEBUG"
+_STATE = {"debug": False}  # this invocation's --debug (set by the root group and its callback)
+SEED_MAX = 2 ** 32 - 1  # numpy seeds (LNLN seeding, legacy RandomState) are 32-bit
+
+
+def _env_debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _debug() -> bool:
+    """Whether errors show their traceback: ``--debug`` on this invocation, or ``$ROBUSTMSA_DEBUG``."""
+    return _STATE["debug"] or _env_debug()
+
+
+def _is_cli_control(exc: BaseException) -> bool:
+    """click's or typer's own exceptions (usage errors, exit, abort): reported by them, passed through.
+
+    Matched by name along the MRO because typer may vendor click (``typer._click``) or use click itself.
+    """
+    names = ("ClickException", "Exit", "Abort")
+    return any(cls.__module__.split(".")[0] in ("click", "typer") and cls.__name__ in names
+               for cls in type(exc).__mro__)
+
+
+def _one_line(message: object) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _print_traceback(exc: BaseException) -> None:
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
+
+def _unexpected_message(exc: BaseException, debug: bool) -> str:
+    """The one-line report of an unexpected exception (its traceback first when ``debug``)."""
+    if debug:
+        _print_traceback(exc)
+    hint = "" if debug else " (run with --debug for the traceback)"
+    return f"error: {type(exc).__name__}: {_one_line(exc) or '(no message)'}{hint}"
+
+
+class _Group(TyperGroup):
+    """The root group: ``--debug`` anywhere on the line; an unexpected exception in a command is one line."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if "--debug" in args[1:] and "--" not in args[: args.index("--debug")]:
+            args = ["--debug", *(a for a in args if a != "--debug")]  # `robustmsa eval ... --debug` works too
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        _STATE["debug"] = _env_debug()  # the callback adds --debug
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # the one place that reports what nothing else expected
+            if _is_cli_control(exc):
+                raise
+            typer.secho(_unexpected_message(exc, _debug()), fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(name="robustmsa", cls=_Group, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
                   help="Measure how robust multimodal sentiment analysis methods are to corrupted input.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and generate MMSA feature pickles.")
 app.add_typer(data_app, name="data")
@@ -34,23 +105,45 @@ DataRootOption = typer.Option(None, "--data-root", envvar="ROBUSTMSA_DATA", meta
                               help="Root of the MMSA dataset tree (default ./datasets).")
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """``error: MESSAGE`` as one line on stderr, then exit with ``code``.
+
+    With ``--debug``, the traceback of the exception being handled is printed first (for a check of the
+    command line's own, the stack that decided it).
+    """
+    if _debug():
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            _print_traceback(exc)
+        else:
+            sys.stderr.write("Traceback (most recent call last):\n" + "".join(traceback.format_stack()[:-1]))
+    typer.secho(f"error: {_one_line(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
-def _run(fn, *args, **kwargs):
-    """Call a library function and turn expected errors into a one-line message and exit code 1."""
+def _expected(exc: BaseException) -> bool:
+    """Errors of input or environment, reported as one line without their type: robustmsa's own error types
+    and the standard ones library calls raise for bad input (values, names, files, pickles)."""
     import pickle
 
-    from ._io import OutputExistsError
+    if type(exc).__module__.split(".")[0] == __name__.split(".")[0]:
+        return True
+    return isinstance(exc, (ValueError, KeyError, TypeError, OSError, pickle.UnpicklingError,
+                            FloatingPointError))
 
+
+def _run(fn, *args, **kwargs):
+    """Call a library function and turn expected errors into a one-line message and exit code 1.
+
+    Anything else propagates to the root group, which reports it as ``error: Type: message``.
+    """
     try:
         return fn(*args, **kwargs)
-    except (OutputExistsError, FileNotFoundError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
-            FloatingPointError) as exc:
+    except Exception as exc:
+        if _is_cli_control(exc) or not _expected(exc):
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        _fail(str(message))
+        _fail(str(message) or type(exc).__name__)
 
 
 def _version_callback(value: bool) -> None:
@@ -63,8 +156,191 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main_callback(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                               help="Print the version and exit.")) -> None:
+                                               help="Print the version and exit."),
+                  debug: bool = typer.Option(False, "--debug", help=f"Show the full traceback of an error "
+                                             f"(also {DEBUG_ENV}=1).")) -> None:
     """robustmsa: corruptions, methods, sweeps and leaderboards for MSA robustness."""
+    _STATE["debug"] = debug or _env_debug()
+
+
+# ------------------------------------------------------------------ input checks
+# Called before any data is loaded or model trained, so that a typo costs nothing.
+
+def _check_severity(value: float, flag: str) -> float:
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        _fail(f"{flag}: severity must be in [0, 1], got {value:g}")
+    return value
+
+
+def _check_int(value: int | None, flag: str, minimum: int, maximum: int | None = None) -> None:
+    if value is not None and (value < minimum or (maximum is not None and value > maximum)):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        _fail(f"{flag} must be {bound}, got {value}")
+
+
+def _check_seed(value: int, flag: str) -> None:
+    _check_int(value, flag, 0, SEED_MAX)
+
+
+def _seed_list(count: int) -> list[int]:
+    """``--seeds N``: MMSA's seeds 1111, 1112, ... (N of them, 1 to 1000)."""
+    _check_int(count, "--seeds", 1, 1000)
+    return [1111 + i for i in range(count)]
+
+
+def _check_choice(value: str | None, kind: str, choices, flag: str) -> None:
+    from .registry import unknown_name_message
+
+    if value is not None and value not in choices:
+        _fail(f"{flag}: {unknown_name_message(kind, value, choices)}")
+
+
+def _name_list(text: str, flag: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        _fail(f"{flag}: no names given (a comma-separated list)")
+    return names
+
+
+def _check_methods(names: list[str]) -> None:
+    """Every name a registered method (imports the method zoo, hence torch)."""
+    from .methods import METHODS, list_methods
+
+    list_methods()  # registers the built-in methods
+    for name in names:
+        if name not in METHODS:
+            _fail(METHODS.unknown_message(name))
+
+
+def _check_source(source: str, flag: str | None) -> None:
+    """A registered dataset name or an existing file (the loader reports a missing registered file)."""
+    from .datasets.registry import DATASETS
+
+    if source in DATASETS or Path(source).is_file():
+        return
+    where = f"{flag} {source!r}" if flag else repr(source)
+    if Path(source).is_dir():
+        _fail(f"{where} is a directory, not an MMSA pickle or a registered dataset name")
+    _fail(DATASETS.unknown_message(source, lead=f"{where} is neither an existing file nor a registered "
+                                                f"dataset."))
+
+
+def _check_data_options(data: str | None, dataset: str, label_family: str | None) -> None:
+    from .datasets.registry import LABEL_RANGES
+
+    if data is not None:
+        _check_source(data, "--data")
+    else:
+        _check_source(dataset, "--dataset")
+    _check_choice(label_family, "label family", list(LABEL_RANGES), "--label-family")
+
+
+def _check_text_backbone(value: str | None) -> None:
+    from .registry import unknown_name_message
+
+    if value is None or value in ("features", "embedding"):
+        return
+    if value.startswith("hf:"):
+        if not value[3:]:
+            _fail("--text-backbone hf:PATH needs the path of a local transformers model directory")
+        if not Path(value[3:]).exists():
+            _fail(f"--text-backbone {value}: {value[3:]} does not exist (a local transformers model "
+                  f"directory; nothing is downloaded)")
+        return
+    backbones = ["features", "hf:PATH", "embedding"]
+    _fail(f"--text-backbone: {unknown_name_message('text backbone', value, backbones)}")
+
+
+def _check_train_noise(value: str | None) -> None:
+    if value is None:
+        return
+    from .engine.noise import NO_TRAIN_NOISE, TRAIN_NOISES, normalise_train_noise
+
+    if normalise_train_noise(value) is not None:
+        _check_choice(value, "train-time noise", [*TRAIN_NOISES, NO_TRAIN_NOISE], "--train-noise")
+
+
+def _check_device(device: str) -> None:
+    if device == "auto":
+        return
+    from .engine.device import resolve_device
+
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as exc:
+        _fail(f"--device {device!r}: {exc}")
+
+
+def _config_types(method: str) -> dict[str, set[type]]:
+    """Each config key of ``method`` (YAML defaults and dataset sections) and the types of its values."""
+    import yaml
+
+    from .methods.base import _config_file, get_method
+
+    path = _config_file(get_method(method))
+    document = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    types: dict[str, set[type]] = {}
+    for section in [document.get("defaults"), *(document.get("datasets") or {}).values()]:
+        for key, value in (section or {}).items():
+            types.setdefault(key, set()).add(type(value))
+    return types
+
+
+def _typed_override(method: str, key: str, value, types: set[type]):
+    """``value`` checked against the types ``key`` has in ``method``'s YAML (numbers and booleans only)."""
+    if not types or type(None) in types:
+        return value
+    shown = f"--set {key}={value!r}"
+    if types == {bool}:
+        if not isinstance(value, bool):
+            _fail(f"{shown}: {method}'s {key} is a boolean (true or false)")
+    elif types == {int}:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(f"{shown}: {method}'s {key} is an integer")
+    elif types <= {int, float}:
+        if isinstance(value, str):  # YAML reads 2e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(f"{shown}: {method}'s {key} is a number")
+    return value
+
+
+def _parse_sets(items: list[str] | None) -> dict:
+    """``--set key=value`` pairs; values are parsed as YAML (numbers, booleans, lists, null)."""
+    import yaml
+
+    overrides = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            _fail(f"--set expects KEY=VALUE, got {item!r}")
+        if not text.strip():
+            _fail(f"--set {item!r}: no value after '=' (write {key}=null for None)")
+        try:
+            overrides[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            _fail(f"--set {item!r}: not a valid YAML value ({getattr(exc, 'problem', None) or 'unparsable'})")
+    return overrides
+
+
+def _check_overrides(overrides: dict, methods: list[str]) -> dict:
+    """``--set`` overrides checked against every method's config: each key must be one of its keys
+    (did-you-mean), and the value's type must fit where the method's YAML has a number or a boolean there
+    (``lr=2e-4``, a string to YAML, is taken as the number it is for a float key)."""
+    from .registry import unknown_name_message
+
+    checked = dict(overrides)
+    for method in methods:
+        types = _config_types(method)
+        for key, value in checked.items():
+            if key not in types:
+                _fail(f"--set {key}: {unknown_name_message(f'{method} config key', key, sorted(types))}")
+            checked[key] = _typed_override(method, key, value, types[key])
+    return checked
 
 
 @app.command("list")
@@ -82,7 +358,11 @@ def list_cmd(what: ListWhat = typer.Argument(..., help="What to list."),
 
     console = Console()
     if what is ListWhat.methods:
+        from .datasets.registry import DATASETS
         from .methods.listing import method_rows
+
+        if dataset not in DATASETS:
+            _fail(f"--dataset: {DATASETS.unknown_message(dataset)}")
 
         rows, note = _run(method_rows, dataset, pattern)
         table = Table("name", f"parameters ({dataset}, without text encoder)", "paper", "reference",
@@ -128,7 +408,10 @@ def data_check(data: str = typer.Argument(..., metavar="PATH_OR_NAME", help="A p
     from rich.console import Console
 
     from .datasets.inspect import describe
+    from .datasets.registry import LABEL_RANGES
 
+    _check_source(data, None)
+    _check_choice(label_family, "label family", list(LABEL_RANGES), "--label-family")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report below shows the same counts
         from .datasets import load
@@ -144,8 +427,10 @@ def data_synth(out: Path = typer.Option(..., "--out", help="Output .pkl (MMSA fo
                force: bool = typer.Option(False, "--force", help="Overwrite an existing output.")) -> None:
     """Write a synthetic benchmark profile as a real MMSA pickle."""
     from .datasets.io import write_mmsa_pickle
-    from .datasets.synth import generate
+    from .datasets.synth import PROFILES, generate
 
+    _check_choice(profile, "synth profile", list(PROFILES), "--profile")
+    _check_seed(seed, "--seed")
     if out.exists() and not force:
         _fail(f"{out} already exists; pass --force to overwrite it")
     dataset = _run(generate, profile, seed=seed)
@@ -307,15 +592,21 @@ def corrupt_cmd(
 
     Example: robustmsa corrupt --data synth --corruption word_drop+frame_drop --severity 0.3 --out runs/wd_fd.pkl
     """
+    from .corruptions import create_corruption
     from .corruptions.apply import corrupt_to_file
+    from .datasets.registry import LABEL_RANGES
+    from .datasets.split import SPLIT_NAMES
 
-    chosen = ["train", "valid", "test"] if splits.strip() == "all" else [s.strip() for s in splits.split(",")]
-    params = {}
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--param expects KEY=VALUE, got {item!r}")
-        params[key.strip()] = _parse_value(value.strip())
+    chosen = list(SPLIT_NAMES) if splits.strip() == "all" else _name_list(splits, "--splits")
+    for name in chosen:
+        _check_choice(name, "split", list(SPLIT_NAMES), "--splits")
+    params = _parse_params(param, corruption)
+    _check_severity(severity, "--severity")
+    _check_seed(seed, "--seed")
+    _run(create_corruption, corruption, severity, modalities=modality or None, seeding=seeding.value,
+         **params)
+    _check_source(data, "--data")
+    _check_choice(label_family, "label family", list(LABEL_RANGES), "--label-family")
     mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
     record = _run_showing_mismatch(corrupt_to_file, data, corruption, severity, seed, out,
                                    modalities=modality or None, seeding=seeding.value, splits=chosen, force=force,
@@ -327,19 +618,6 @@ def corrupt_cmd(
             rates = ", ".join(f"{m} {v['rate']:.3f} of {v['total']} {v['unit']}" for m, v in rec["realised"].items())
             what = rec["name"] if rec.get("severity") is None else f"{rec['name']}@{rec['severity']:g}"
             typer.echo(f"  {split_name}: {what} realised: {rates}")
-
-
-def _parse_sets(items: Optional[list[str]]) -> dict:
-    """``--set key=value`` pairs; values are parsed as YAML (numbers, booleans, lists)."""
-    import yaml
-
-    overrides = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            _fail(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return overrides
 
 
 def _load_for_training(data: Optional[str], dataset: str, data_root, label_family):
@@ -360,12 +638,38 @@ def _load_for_training(data: Optional[str], dataset: str, data_root, label_famil
 
 TRAINING = "training"
 
+# Options of the commands that train (eval, train, sweep, audit): one definition each, shared.
+DatasetOption = typer.Option("synth", "--dataset", help="Registered dataset name (default: embedded synth).")
+DataOption = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead.")
+LabelFamilyOption = typer.Option(None, "--label-family", help="mosi or sims (for --data).")
+QuietOption = typer.Option(False, "--quiet", help="No progress bars.")
+EpochsOption = typer.Option(None, "--epochs", rich_help_panel=TRAINING, help="Override the epochs.")
+DeviceOption = typer.Option("auto", "--device", rich_help_panel=TRAINING, help="auto, cpu, cuda, cuda:N.")
+TextBackboneOption = typer.Option(None, "--text-backbone", rich_help_panel=TRAINING,
+                                  help="features | hf:PATH | embedding.")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=TRAINING,
+                         help="Method config override, VALUE read as YAML (repeatable; checked against the "
+                         "method's config keys; sweep applies it to every method).")
+TrainNoiseOption = typer.Option(None, "--train-noise", rich_help_panel=TRAINING,
+                                help="Train-time noise: random_missing, word_drop, frame_drop, or none "
+                                "(default: the method's own, e.g. LNLN's).")
+CacheDirOption = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", rich_help_panel=TRAINING,
+                              help="Checkpoint cache (default ~/.cache/robustmsa/checkpoints).")
 
-def _seed_list(count: int) -> list[int]:
-    """``--seeds N``: MMSA's seeds 1111, 1112, ... (N of them)."""
-    if count < 1:
-        _fail(f"--seeds must be >= 1, got {count}")
-    return [1111 + i for i in range(count)]
+
+def _training(methods: list[str], *, set_: list[str] | None, epochs: int | None, device: str,
+              text_backbone: str | None, train_noise: str | None, cache_dir: Path | None) -> dict:
+    """The training options, checked before anything is loaded, as the library's keywords (``train``,
+    ``run_eval``, ``run_sweep``): ``overrides``, ``epochs``, ``text_backbone``, ``train_noise``, ``device``,
+    ``cache``. Also checks that every name in ``methods`` is a registered method."""
+    _check_int(epochs, "--epochs", 1)
+    _check_text_backbone(text_backbone)
+    overrides = _parse_sets(set_)
+    _check_methods(methods)
+    _check_train_noise(train_noise)
+    _check_device(device)
+    return {"overrides": _check_overrides(overrides, methods), "epochs": epochs,
+            "text_backbone": text_backbone, "train_noise": train_noise, "device": device, "cache": cache_dir}
 
 
 @app.command("eval")
@@ -374,26 +678,23 @@ def eval_cmd(
     noise: float = typer.Option(0.3, "--noise", help="Severity in [0, 1] of the test-time corruption."),
     corruption: str = typer.Option("random_missing", "--corruption", help="Corruption name(s), '+' to compose."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Restrict the corruption to modalities."),
-    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name (default: embedded synth)."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    dataset: str = DatasetOption,
+    data: Optional[str] = DataOption,
     seeds: int = typer.Option(1, "--seeds", help="Number of training seeds (1111, 1112, ...): mean and std."),
     corruption_seed: int = typer.Option(1111, "--corruption-seed", help="Seed of the test-time corruption."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAINING, help="Override the epochs."),
-    device: str = typer.Option("auto", "--device", rich_help_panel=TRAINING, help="auto, cpu, cuda, cuda:N."),
-    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", rich_help_panel=TRAINING,
-                                                help="features | hf:PATH | embedding."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=TRAINING,
-                                             help="Method config override (repeatable)."),
-    train_noise: Optional[str] = typer.Option(None, "--train-noise", rich_help_panel=TRAINING,
-                                              help="Train-time noise: random_missing, word_drop, frame_drop, or none (default: the method's own, e.g. LNLN's)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", rich_help_panel=TRAINING,
-                                             help="Checkpoint cache (default ~/.cache/robustmsa/checkpoints)."),
-    no_cache: bool = typer.Option(False, "--no-cache", rich_help_panel=TRAINING, help="Neither read nor write the cache."),
+    epochs: Optional[int] = EpochsOption,
+    device: str = DeviceOption,
+    text_backbone: Optional[str] = TextBackboneOption,
+    set_: Optional[list[str]] = SetOption,
+    train_noise: Optional[str] = TrainNoiseOption,
+    cache_dir: Optional[Path] = CacheDirOption,
+    no_cache: bool = typer.Option(False, "--no-cache", rich_help_panel=TRAINING,
+                                  help="Neither read nor write the cache."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the results record (JSON) here."),
     data_root: Optional[Path] = DataRootOption,
-    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
+    label_family: Optional[str] = LabelFamilyOption,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = QuietOption,
     text_mode: TextMode = TextModeOption,
     text_encoder: Optional[str] = TextEncoderOption,
     allow_encoder_mismatch: bool = AllowMismatchOption,
@@ -405,19 +706,26 @@ def eval_cmd(
     import json
 
     from ._io import atomic_open
-    from .engine.evaluate import run_eval
-    from .engine.report import eval_table
+    from .corruptions import create_corruption
 
     if output is not None and output.exists() and not force:
         _fail(f"{output} already exists; pass --force to overwrite it")
-    mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
-    loaded = _load_for_training(data, dataset, data_root, label_family)
+    _check_severity(noise, "--noise")
     seed_list = _seed_list(seeds)
+    _check_seed(corruption_seed, "--corruption-seed")
+    _run(create_corruption, corruption, noise, modalities=modality or None)
+    _check_data_options(data, dataset, label_family)
+    mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
+    training = _training([method], set_=set_, epochs=epochs, device=device, text_backbone=text_backbone,
+                         train_noise=train_noise, cache_dir=cache_dir)
+    from .engine.evaluate import run_eval
+    from .engine.report import eval_table
+
+    loaded = _load_for_training(data, dataset, data_root, label_family)
     record = _run_showing_mismatch(
         run_eval, method, loaded, corruption=corruption, severity=noise, corruption_seed=corruption_seed,
-        modalities=modality or None, seeds=seed_list, overrides=_parse_sets(set_), epochs=epochs,
-        text_backbone=text_backbone, train_noise=train_noise, device=device, use_cache=not no_cache, cache=cache_dir,
-        quiet=quiet, log=None if quiet else _log, command=shlex.join(["robustmsa", *sys.argv[1:]]), **mode)
+        modalities=modality or None, seeds=seed_list, use_cache=not no_cache, quiet=quiet,
+        log=None if quiet else _log, command=shlex.join(["robustmsa", *sys.argv[1:]]), **training, **mode)
     if mode["text_mode"] == "reencode":
         check = record["config"]["encoder_check"]
         typer.echo(f"text mode: reencode with {text_encoder} ({record['corruption_record'][-1]['samples_reencoded']} "
@@ -435,27 +743,29 @@ def eval_cmd(
 @app.command("train")
 def train_cmd(
     method: str = typer.Option(..., "--method", help="Method name (robustmsa list methods)."),
-    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    dataset: str = DatasetOption,
+    data: Optional[str] = DataOption,
     seed: int = typer.Option(1111, "--seed", help="Training seed."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the epochs."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", help="features | hf:PATH | embedding."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Config override."),
-    train_noise: Optional[str] = typer.Option(None, "--train-noise", help="LNLN-style train-time noise."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", help="Checkpoint cache."),
+    epochs: Optional[int] = EpochsOption,
+    device: str = DeviceOption,
+    text_backbone: Optional[str] = TextBackboneOption,
+    set_: Optional[list[str]] = SetOption,
+    train_noise: Optional[str] = TrainNoiseOption,
+    cache_dir: Optional[Path] = CacheDirOption,
     data_root: Optional[Path] = DataRootOption,
-    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    label_family: Optional[str] = LabelFamilyOption,
+    quiet: bool = QuietOption,
 ) -> None:
     """Train a method with validation selection and store it in the checkpoint cache."""
+    _check_seed(seed, "--seed")
+    _check_data_options(data, dataset, label_family)
+    training = _training([method], set_=set_, epochs=epochs, device=device, text_backbone=text_backbone,
+                         train_noise=train_noise, cache_dir=cache_dir)
     from .engine.evaluate import evaluate_split
     from .engine.train import train
 
     loaded = _load_for_training(data, dataset, data_root, label_family)
-    trained = _run(train, method, loaded, seed=seed, overrides=_parse_sets(set_), epochs=epochs,
-                   text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache_dir, quiet=quiet,
-                   log=None if quiet else _log)
+    trained = _run(train, method, loaded, seed=seed, quiet=quiet, log=None if quiet else _log, **training)
     source = "loaded from cache" if trained.from_cache else f"trained in {trained.train_seconds:.1f} s"
     typer.echo(f"{method} seed {seed}: {source}, best epoch {trained.best_epoch}, checkpoint {trained.cache_path}")
     valid = evaluate_split(trained, loaded.valid)
@@ -469,23 +779,19 @@ def sweep_cmd(
     levels: str = typer.Option("0:0.9:0.1", "--levels", help="START:STOP:STEP (stop included) or a comma list."),
     seeds: int = typer.Option(1, "--seeds", help="Training seeds 1111, 1112, ..."),
     out: Path = typer.Option(..., "--out", help="Run directory: cells/, manifest.json, results.csv."),
-    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    dataset: str = DatasetOption,
+    data: Optional[str] = DataOption,
     corruption_seed: int = typer.Option(1111, "--corruption-seed", help="Seed of the test-time corruptions."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAINING, help="Override the epochs."),
-    device: str = typer.Option("auto", "--device", rich_help_panel=TRAINING, help="auto, cpu, cuda, cuda:N."),
-    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", rich_help_panel=TRAINING,
-                                                help="features | hf:PATH | embedding."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=TRAINING,
-                                             help="Method config override (repeatable, applies to every method)."),
-    train_noise: Optional[str] = typer.Option(None, "--train-noise", rich_help_panel=TRAINING,
-                                              help="Train-time noise: random_missing, word_drop, frame_drop, or none (default: the method's own, e.g. LNLN's)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", rich_help_panel=TRAINING,
-                                             help="Checkpoint cache (default ~/.cache/robustmsa/checkpoints)."),
+    epochs: Optional[int] = EpochsOption,
+    device: str = DeviceOption,
+    text_backbone: Optional[str] = TextBackboneOption,
+    set_: Optional[list[str]] = SetOption,
+    train_noise: Optional[str] = TrainNoiseOption,
+    cache_dir: Optional[Path] = CacheDirOption,
     data_root: Optional[Path] = DataRootOption,
-    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
+    label_family: Optional[str] = LabelFamilyOption,
     force: bool = typer.Option(False, "--force", help="Recompute cells that already have a record."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    quiet: bool = QuietOption,
     text_mode: TextMode = TextModeOption,
     text_encoder: Optional[str] = TextEncoderOption,
     allow_encoder_mismatch: bool = AllowMismatchOption,
@@ -496,18 +802,26 @@ def sweep_cmd(
 
     Example: robustmsa sweep --methods almt,lf_dnn --corruptions random_missing,blur --levels 0:0.9:0.1 --out runs/a
     """
+    from .corruptions import create_corruption
     from .sweep import parse_levels, run_sweep
 
     grid_levels = _run(parse_levels, levels)
-    mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
-    loaded = _load_for_training(data, dataset, data_root, label_family)
     seed_list = _seed_list(seeds)
+    _check_seed(corruption_seed, "--corruption-seed")
+    _check_int(audit_samples, "--audit-samples", 0)
+    method_names = _name_list(methods, "--methods")
+    corruption_names = _name_list(corruptions, "--corruptions")
+    for name in corruption_names:
+        _run(create_corruption, name, 0.0)
+    _check_data_options(data, dataset, label_family)
+    mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
+    training = _training(method_names, set_=set_, epochs=epochs, device=device, text_backbone=text_backbone,
+                         train_noise=train_noise, cache_dir=cache_dir)
+    loaded = _load_for_training(data, dataset, data_root, label_family)
     summary = _run_showing_mismatch(
-        run_sweep, [m.strip() for m in methods.split(",") if m.strip()], loaded,
-        [c.strip() for c in corruptions.split(",") if c.strip()], grid_levels, seed_list, out,
-        corruption_seed=corruption_seed, epochs=epochs, overrides=_parse_sets(set_), text_backbone=text_backbone,
-        train_noise=train_noise, device=device, cache=cache_dir, force=force, quiet=quiet,
-        command=shlex.join(["robustmsa", *sys.argv[1:]]), audit_samples=audit_samples, **mode)
+        run_sweep, method_names, loaded, corruption_names, grid_levels, seed_list, out,
+        corruption_seed=corruption_seed, force=force, quiet=quiet,
+        command=shlex.join(["robustmsa", *sys.argv[1:]]), audit_samples=audit_samples, **training, **mode)
     typer.echo(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done; "
                f"{summary.trained} model(s) trained; results in {summary.out}/results.csv "
                f"({summary.seconds:.1f} s)")
@@ -589,28 +903,24 @@ def leaderboard_cmd(
 @app.command("audit")
 def audit_cmd(
     method: str = typer.Option(..., "--method", help="Method name (robustmsa list methods)."),
-    dataset: str = typer.Option("synth", "--dataset", help="Registered dataset name (default: embedded synth)."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="PATH", help="An MMSA pickle path instead."),
+    dataset: str = DatasetOption,
+    data: Optional[str] = DataOption,
     seed: int = typer.Option(1111, "--seed", help="Training seed of the model to audit."),
     samples: int = typer.Option(64, "--samples", help="Test items audited (chosen by --sample-seed)."),
     sample_seed: int = typer.Option(0, "--sample-seed", help="Seed choosing the audited test items."),
     buckets: int = typer.Option(4, "--buckets", help="Relative position buckets per valid length."),
     probe: str = typer.Option("gradient", "--probe", help="gradient (exact zero = unused) or occlusion."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", rich_help_panel=TRAINING, help="Override the epochs."),
-    device: str = typer.Option("auto", "--device", rich_help_panel=TRAINING, help="auto, cpu, cuda, cuda:N."),
-    text_backbone: Optional[str] = typer.Option(None, "--text-backbone", rich_help_panel=TRAINING,
-                                                help="features | hf:PATH | embedding."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", rich_help_panel=TRAINING,
-                                             help="Method config override (repeatable)."),
-    train_noise: Optional[str] = typer.Option(None, "--train-noise", rich_help_panel=TRAINING,
-                                              help="Train-time noise of the model to audit."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="ROBUSTMSA_CACHE", rich_help_panel=TRAINING,
-                                             help="Checkpoint cache (default ~/.cache/robustmsa/checkpoints)."),
+    epochs: Optional[int] = EpochsOption,
+    device: str = DeviceOption,
+    text_backbone: Optional[str] = TextBackboneOption,
+    set_: Optional[list[str]] = SetOption,
+    train_noise: Optional[str] = TrainNoiseOption,
+    cache_dir: Optional[Path] = CacheDirOption,
     data_root: Optional[Path] = DataRootOption,
-    label_family: Optional[str] = typer.Option(None, "--label-family", help="mosi or sims (for --data)."),
+    label_family: Optional[str] = LabelFamilyOption,
     output: Optional[Path] = typer.Option(None, "--output", help="Write the coverage report (JSON) here."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Which valid tokens/frames influence a method's prediction, per modality and position bucket.
 
@@ -623,15 +933,22 @@ def audit_cmd(
     from rich.table import Table
 
     from ._io import atomic_open
-    from .audit import COVERAGE_THRESHOLD, input_coverage
-    from .engine.train import train
+    from .audit import COVERAGE_THRESHOLD, PROBES, input_coverage
 
     if output is not None and output.exists() and not force:
         _fail(f"{output} already exists; pass --force to overwrite it")
+    _check_seed(seed, "--seed")
+    _check_seed(sample_seed, "--sample-seed")
+    _check_int(samples, "--samples", 1)
+    _check_int(buckets, "--buckets", 1)
+    _check_choice(probe, "probe", list(PROBES), "--probe")
+    _check_data_options(data, dataset, label_family)
+    training = _training([method], set_=set_, epochs=epochs, device=device, text_backbone=text_backbone,
+                         train_noise=train_noise, cache_dir=cache_dir)
+    from .engine.train import train
+
     loaded = _load_for_training(data, dataset, data_root, label_family)
-    trained = _run(train, method, loaded, seed=seed, overrides=_parse_sets(set_), epochs=epochs,
-                   text_backbone=text_backbone, train_noise=train_noise, device=device, cache=cache_dir, quiet=quiet,
-                   log=None if quiet else _log)
+    trained = _run(train, method, loaded, seed=seed, quiet=quiet, log=None if quiet else _log, **training)
     report = _run(input_coverage, trained.model, loaded.test, samples=samples, buckets=buckets, probe=probe,
                   seed=sample_seed, device=trained.device)
     table = Table(title=f"input coverage: {method} on {loaded.spec.name} ({len(report.samples)} test items, "
@@ -669,9 +986,40 @@ def _parse_value(text: str):
     return text
 
 
+def _parse_params(items: list[str] | None, spec: str) -> dict:
+    """``--param KEY=VALUE`` pairs (numbers where they parse); a numeric parameter needs a finite number."""
+    import inspect
+    import math
+
+    from .corruptions import CORRUPTIONS
+
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--param expects KEY=VALUE, got {item!r}")
+        params[key.strip()] = _parse_value(value.strip())
+    for name in (part.strip() for part in spec.split("+")):
+        if name not in CORRUPTIONS:
+            continue  # the corruption check names it
+        cls = CORRUPTIONS.get(name)
+        defaults = inspect.signature(cls.__init__).parameters
+        for key, value in params.items():
+            default = defaults[key].default if key in cls.param_names and key in defaults else None
+            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+            if numeric and (isinstance(value, str) or not math.isfinite(value)):
+                _fail(f"--param {key}={value}: {name}'s {key} is a finite number")
+    return params
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (an exception outside any command is one line too, unless --debug)."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - inside a command the root group reports it; this is the rest
+        debug = _env_debug() or "--debug" in sys.argv[1:]
+        typer.secho(_unexpected_message(exc, debug), fg=typer.colors.RED, err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,37 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "close_matches", "unknown_name_message"]
 
 T = TypeVar("T")
 
 
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def close_matches(name: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``names`` that look like ``name`` (case-insensitive: ``ALMT`` suggests ``almt``)."""
+    names = list(names)
+    by_lower: dict[str, str] = {}
+    for candidate in names:
+        by_lower.setdefault(candidate.lower(), candidate)
+    return [by_lower[m] for m in difflib.get_close_matches(str(name).lower(), list(by_lower), n=n)]
+
+
+def unknown_name_message(kind: str, name: str, names: Iterable[str], *, lead: str | None = None) -> str:
+    """``unknown KIND 'NAME'. Did you mean: A, B? Available: ...`` (one line).
+
+    ``lead`` replaces the first sentence (e.g. "'x' is neither an existing file nor a registered dataset.").
+    """
+    names = list(names)
+    close = close_matches(name, names)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    first = lead if lead is not None else f"unknown {kind} {name!r}."
+    return f"{first}{hint} Available: {', '.join(names) or 'none'}"
 
 
 class Registry(Generic[T]):
@@ -45,10 +67,9 @@ class Registry(Generic[T]):
         except KeyError:
             raise KeyError(self.unknown_message(name)) from None
 
-    def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, list(self._items), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())}"
+    def unknown_message(self, name: str, *, lead: str | None = None) -> str:
+        """``unknown KIND 'NAME'. Did you mean: ...? Available: ...`` (``lead`` replaces the first part)."""
+        return unknown_name_message(self.kind, name, self.names(), lead=lead)
 
     def names(self, pattern: str | None = None) -> list[str]:
         """Registered names in natural order, optionally filtered by an fnmatch ``pattern``."""

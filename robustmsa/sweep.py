@@ -33,21 +33,48 @@ __all__ = ["parse_levels", "SweepSummary", "SweepIncomplete", "run_sweep"]
 
 
 def parse_levels(text: str) -> list[float]:
-    """``start:stop:step`` (stop included) or a comma list, each level in [0, 1]: ``0:0.9:0.1`` -> 0.0 ... 0.9."""
-    text = text.strip()
-    if ":" in text:
-        parts = text.split(":")
+    """``start:stop:step`` (stop included) or a comma list, levels in [0, 1]: ``0:0.9:0.1`` -> 0.0 ... 0.9.
+
+    Malformed input is a one-line ``ValueError`` that names the problem: an empty spec, a part that is not a
+    (finite) number, a level, START or STOP outside [0, 1] (checked before a range is expanded), STEP <= 0,
+    STOP < START, a repeated level, or more than 10000 levels.
+    """
+    max_levels = 10000
+    spec = text.strip()
+    usage = "expected START:STOP:STEP (stop included, e.g. 0:0.9:0.1) or a comma list (e.g. 0,0.3,0.6)"
+
+    def number(part: str, what: str, unit_interval: bool = True) -> float:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"levels {text!r}: {what} {part.strip()!r} is not a number; {usage}") from None
+        if unit_interval and not 0.0 <= value <= 1.0:  # also NaN
+            raise ValueError(f"levels {text!r}: {what} must be in [0, 1], got {part.strip()}")
+        if not math.isfinite(value):
+            raise ValueError(f"levels {text!r}: {what} must be a finite number, got {part.strip()}")
+        return value
+
+    if ":" in spec:
+        parts = spec.split(":")
         if len(parts) != 3:
-            raise ValueError(f"levels {text!r}: expected START:STOP:STEP, e.g. 0:0.9:0.1")
-        start, stop, step = (float(p) for p in parts)
-        if step <= 0 or stop < start:
-            raise ValueError(f"levels {text!r}: need STEP > 0 and STOP >= START")
+            raise ValueError(f"levels {text!r}: {usage}")
+        start, stop = number(parts[0], "START"), number(parts[1], "STOP")
+        step = number(parts[2], "STEP", unit_interval=False)
+        if step <= 0:
+            raise ValueError(f"levels {text!r}: STEP must be > 0, got {parts[2].strip()}")
+        if stop < start:
+            raise ValueError(f"levels {text!r}: STOP {parts[1].strip()} is below START {parts[0].strip()}")
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
-        levels = [round(start + i * step, 10) for i in range(count)]
+        if count > max_levels:
+            raise ValueError(f"levels {text!r}: {count} levels; at most {max_levels} (use a larger STEP)")
+        levels = [min(round(start + i * step, 10), stop) for i in range(count)]
     else:
-        levels = [float(p) for p in text.split(",") if p.strip()]
-    if not levels or any(not 0.0 <= v <= 1.0 for v in levels) or len(set(levels)) != len(levels):
-        raise ValueError(f"levels {text!r}: expected distinct values in [0, 1], got {levels}")
+        levels = [number(p, "level") for p in spec.split(",") if p.strip()]
+    if not levels:
+        raise ValueError(f"levels {text!r}: no levels; {usage}")
+    repeated = sorted({v for v in levels if levels.count(v) > 1})
+    if repeated:
+        raise ValueError(f"levels {text!r}: level {repeated[0]:g} is given more than once")
     return sorted(levels)
 
 

@@ -293,6 +293,24 @@ def test_blur_preserves_constants_and_spreads_impulses(split):
     assert np.isclose(spread[: split.vision_lengths[0]].sum(), 1.0, atol=0.05)
 
 
+def test_blur_edge_cases_found_by_the_property_tests(split):
+    # a lone valid frame has nothing to blur with: kept bit for bit (x w0 / w0 used to move it by an ulp)
+    lone = split.replace(vision_lengths=np.where(np.arange(len(split)) % 2 == 0, 1, split.vision_lengths))
+    vision = np.where(lone.valid_mask("vision")[..., None], lone.vision, 0).astype(np.float32)
+    lone = lone.replace(vision=vision)
+    out = create_corruption("blur", 0.7)(lone, seed=0)
+    single = lone.vision_lengths == 1
+    assert out.vision[single].tobytes() == lone.vision[single].tobytes()
+    # a sigma that underflows to 0 is the identity (it was 0/0 = NaN everywhere), a tiny one warns of nothing
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for severity, max_sigma in ((5e-324, 0.5), (1e-308, 5.0)):
+            tiny = create_corruption("blur", severity, max_sigma=max_sigma)(split, seed=0)
+            assert tiny.vision.tobytes() == split.vision.tobytes()
+
+
 def test_gaussian_noise_scales_with_feature_std(big_split):
     scaled = big_split.replace(audio=big_split.audio * np.array([1, 10, 100, 1, 1], dtype=np.float32))
     out = create_corruption("gaussian_noise", 0.5, modalities="audio")(scaled, seed=0)

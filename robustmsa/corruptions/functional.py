@@ -117,15 +117,23 @@ def blur_rows(x: np.ndarray, valid: np.ndarray, sigma: float, truncate: float = 
     """Temporal Gaussian smoothing of (N, L, D) inside each valid length; padding rows unchanged.
 
     Normalised convolution: ``(g * (x m)) / (g * m)`` with ``m`` the valid mask, so frames near the
-    ends average only valid neighbours and no padding leaks in.
+    ends average only valid neighbours and no padding leaks in. A sequence of one valid frame is returned
+    bit for bit (``x w0 / w0`` in float32 could move it by an ulp although nothing is blurred, and the
+    realised statistics already count it as unaffected). A sigma far below one frame (a severity of
+    1e-308, say) gives the weights (0, 1, 0), the identity, without overflow warnings; a sigma that
+    underflowed to 0 (severity 5e-324 times a max_sigma below 1) is the identity too (it was 0/0 = NaN).
     """
     from scipy.ndimage import correlate1d
 
+    if not sigma > 0:
+        return x.copy()
     radius = max(int(truncate * sigma + 0.5), 1)
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    with np.errstate(over="ignore", under="ignore"):  # a tiny sigma: (offset/sigma)^2 -> inf, weight 0
+        weights = np.exp(-0.5 * (offsets / sigma) ** 2)
     weights /= weights.sum()
     mask = valid.astype(np.float32)
+    moving = valid & (valid.sum(axis=1) > 1)[:, None]  # a lone frame has no neighbour: kept bit for bit
     out = np.empty_like(x)
     step = max(1, (1 << 24) // max(1, x.shape[1] * x.shape[2]))  # ~64 MiB float32 blocks
     for start in range(0, x.shape[0], step):
@@ -134,7 +142,7 @@ def blur_rows(x: np.ndarray, valid: np.ndarray, sigma: float, truncate: float = 
         numer = correlate1d(x[block] * m[..., None], weights, axis=1, mode="constant", cval=0.0)
         denom = correlate1d(m, weights, axis=1, mode="constant", cval=0.0)
         smoothed = numer / np.maximum(denom, 1e-12)[..., None]
-        out[block] = np.where(valid[block][..., None], smoothed, x[block])
+        out[block] = np.where(moving[block][..., None], smoothed, x[block])
     return out
 
 
