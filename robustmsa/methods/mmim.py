@@ -167,15 +167,19 @@ class MMILB(nn.Module):
 
 
 class CPC(nn.Module):
-    """Contrastive predictive coding score of modality ``x`` from the fusion ``z`` (in-batch negatives)."""
+    """Contrastive predictive coding score of modality ``x`` from the fusion ``z`` (in-batch negatives).
+
+    ``n_layers > 1`` as published: ``Linear(z, x)``, tanh, then ``n_layers - 1`` plain ``Linear(x, x)`` (the tanh
+    only after the first layer, so layers 2.. compose to one affine map; kept, names ``net.0``, ``net.2``, ...).
+    """
 
     def __init__(self, x_size: int, z_size: int, n_layers: int = 1) -> None:
         super().__init__()
         if n_layers < 1:
             raise ConfigError(f"cpc_layers must be >= 1, got {n_layers}")
         layers: list[nn.Module] = [nn.Linear(z_size, x_size)]
-        for _ in range(n_layers - 1):
-            layers += [nn.Tanh(), nn.Linear(x_size, x_size)]
+        if n_layers > 1:
+            layers += [nn.Tanh()] + [nn.Linear(x_size, x_size) for _ in range(n_layers - 1)]
         self.net = layers[0] if n_layers == 1 else nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
