@@ -32,6 +32,8 @@ __all__ = ["FileClaim", "ClaimHeld", "read_owner", "is_stale"]
 
 DEFAULT_STALE_AFTER = 600.0
 DEFAULT_HEARTBEAT = 30.0
+EMPTY_STALE_AFTER = 30.0   # a claim file without an owner record (its creator was killed right after creating it)
+GUARD_STALE_AFTER = 10.0   # a break guard left by a breaker killed inside its (microseconds long) critical section
 
 
 class ClaimHeld(Exception):
@@ -68,10 +70,12 @@ def is_stale(path: Path, *, stale_after: float = DEFAULT_STALE_AFTER, now: float
     except FileNotFoundError:
         return False
     owner = read_owner(path)
-    if owner and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        if not _alive(owner["pid"]):
-            return True
-    return ((now if now is not None else time.time()) - mtime) > stale_after
+    age = (now if now is not None else time.time()) - mtime
+    if owner is None:  # the owner writes its record right after creating the file: killed in between
+        return age > EMPTY_STALE_AFTER
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+        return True
+    return age > stale_after
 
 
 class FileClaim:
@@ -88,7 +92,12 @@ class FileClaim:
 
     def try_acquire(self) -> bool:
         """Claim now if free or stale; False if another live owner holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from ._io import OutputWriteError
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputWriteError.from_error(self.path.parent, exc) from exc
         for _ in range(3):
             if self._create():
                 return True
@@ -126,17 +135,23 @@ class FileClaim:
 
     # ------------------------------------------------------------------ internals
     def _create(self) -> bool:
+        from ._io import OutputWriteError
+
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as exc:  # read-only or full file system: say so in one line
+            raise OutputWriteError.from_error(self.path, exc) from exc
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token, "label": self.label,
                  "created": time.time()}
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(owner, handle)
-        except BaseException:
+        except BaseException as exc:
             self.path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise OutputWriteError.from_error(self.path, exc) from exc
             raise
         self.held = True
         self._stop.clear()
@@ -154,7 +169,7 @@ class FileClaim:
             fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:  # a breaker killed inside this tiny window leaves its guard behind
-                if time.time() - guard.stat().st_mtime > 60:
+                if time.time() - guard.stat().st_mtime > GUARD_STALE_AFTER:
                     guard.unlink(missing_ok=True)
             except FileNotFoundError:
                 pass

@@ -97,6 +97,11 @@ class SweepIncomplete(RuntimeError):
     """Jobs kept failing: the cells listed are still missing (rerun to retry them)."""
 
 
+#: Job errors that end a sweep at once instead of being retried: the output cannot be written (disk full,
+#: read-only, quota) or the results directory holds records of a newer schema.
+FATAL_ERRORS = frozenset({"OutputWriteError", "SchemaVersionError"})
+
+
 def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[str], levels: Sequence[float],
               seeds: Sequence[int], out: str | Path, *, corruption_seed: int = 1111, epochs: int | None = None,
               overrides: Mapping[str, Any] | None = None, text_backbone: str | None = None,
@@ -189,6 +194,9 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                 results = launcher.run(phases)
                 failures = _account(summary, results, progress, say)
                 held = [o.value for o in results[-1] if o.ok and o.value.get("held")]
+                fatal = [o for phase in results for o in phase if not o.ok and o.error_type in FATAL_ERRORS]
+                if fatal:  # a full disk or a results schema from the future: retrying cannot help
+                    raise SweepIncomplete(f"{fatal[0].task.name}: {(fatal[0].error or '').splitlines()[0]}")
                 if failures:
                     failed_rounds += 1
                     if failed_rounds >= max_rounds:

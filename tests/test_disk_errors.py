@@ -184,12 +184,12 @@ def test_a_sweep_hitting_a_full_disk_stops_clearly_and_a_rerun_finishes(tmp_path
     grid = {"methods": ["lf_dnn"], "corruptions": ["random_missing"], "levels": [0.0, 0.5, 1.0], "seeds": [1111]}
     out, cache = tmp_path / "run", tmp_path / "cache"
     _fail_cell_writes_from(monkeypatch, 2)
-    # The sweep stops with the store's error; today's driver retries failed jobs (max_rounds) and then raises
-    # SweepIncomplete quoting it, a driver that stops at the first OutputWriteError raises it directly.
-    with pytest.raises((OutputWriteError, SweepIncomplete)) as caught:
+    # The sweep stops at the first OutputWriteError (retrying on a full disk is pointless), quoting it.
+    with pytest.raises(SweepIncomplete) as caught:
         run_sweep(dataset=data, out=out, epochs=1, cache=cache, audit_samples=0, **grid)
     monkeypatch.undo()
     message = str(caught.value)
+    assert "round(s)" not in message  # not retried
     assert "no space left on device (ENOSPC)" in message and str(out / "cells" / "lf_dnn") in message
     store = ResultsStore(out)
     kept = list(store.records())

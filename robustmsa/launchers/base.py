@@ -51,6 +51,7 @@ class Outcome:
     error: str | None = None
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)   # engine details: SLURM job id, Ray attempt, slot ...
+    error_type: str | None = None   # the exception's class name (retrying some, e.g. a full disk, is pointless)
 
 
 def call_task(task: Task) -> Outcome:
@@ -60,7 +61,7 @@ def call_task(task: Task) -> Outcome:
         value = task.fn(*task.args)
     except Exception as exc:  # reported to the driver, which retries by re-planning from the records
         return Outcome(task, False, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, error_type=type(exc).__name__)
     return Outcome(task, True, value=value, seconds=time.perf_counter() - start)
 
 
