@@ -126,7 +126,7 @@ def _expected(exc: BaseException) -> bool:
     and the standard ones library calls raise for bad input (values, names, files, pickles)."""
     import pickle
 
-    if type(exc).__module__.split(".")[0] == __name__.split(".")[0]:
+    if type(exc).__module__.split(".")[0] == "robustmsa":  # also under ``python -m robustmsa.cli``
         return True
     return isinstance(exc, (ValueError, KeyError, TypeError, OSError, pickle.UnpicklingError,
                             FloatingPointError))
@@ -637,6 +637,13 @@ def _load_for_training(data: Optional[str], dataset: str, data_root, label_famil
 
 
 TRAINING = "training"
+LAUNCH = "launching jobs"
+
+
+class LauncherName(str, Enum):
+    local = "local"
+    slurm = "slurm"
+    ray = "ray"
 
 # Options of the commands that train (eval, train, sweep, audit): one definition each, shared.
 DatasetOption = typer.Option("synth", "--dataset", help="Registered dataset name (default: embedded synth).")
@@ -797,10 +804,29 @@ def sweep_cmd(
     allow_encoder_mismatch: bool = AllowMismatchOption,
     audit_samples: int = typer.Option(32, "--audit-samples",
                                       help="Test items for each model's input-coverage audit (0: no audit)."),
+    launcher: LauncherName = typer.Option(LauncherName.local, "--launcher", rich_help_panel=LAUNCH,
+                                          help="Where jobs run: local (this machine), slurm (submitit), ray."),
+    jobs: int = typer.Option(1, "--jobs", rich_help_panel=LAUNCH,
+                             help="local: parallel jobs (1: in this process; N: a process per model job)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", rich_help_panel=LAUNCH, metavar="IDS",
+                                       help="local: GPU ids for the slot queue, e.g. 0,1 (default: all visible; "
+                                            "'none': CPU only)."),
+    launcher_config: Optional[Path] = typer.Option(None, "--launcher-config", rich_help_panel=LAUNCH,
+                                                   metavar="FILE", help="YAML file of launcher options."),
+    launcher_opt: Optional[list[str]] = typer.Option(None, "--launcher-opt", rich_help_panel=LAUNCH,
+                                                     metavar="KEY=VALUE",
+                                                     help="A launcher option (repeatable; overrides the file), "
+                                                          "e.g. partition=gpu, timeout_min=120, address=auto."),
+    max_rounds: int = typer.Option(3, "--max-rounds", rich_help_panel=LAUNCH,
+                                   help="Rounds with failed jobs before giving up (finished cells are kept)."),
 ) -> None:
     """Evaluate methods under corruptions at a grid of levels; resumable (finished cells are skipped).
 
     Example: robustmsa sweep --methods almt,lf_dnn --corruptions random_missing,blur --levels 0:0.9:0.1 --out runs/a
+
+    Jobs (one per method and seed) run in this process by default; --jobs N runs N at once on this machine,
+    --launcher slurm / ray hand them to a cluster (output directory on shared storage). Records on disk decide
+    what runs: rerunning the same command only does what is missing.
     """
     from .corruptions import create_corruption
     from .sweep import parse_levels, run_sweep
@@ -817,16 +843,66 @@ def sweep_cmd(
     mode = _text_mode_args(text_mode, text_encoder, allow_encoder_mismatch)
     training = _training(method_names, set_=set_, epochs=epochs, device=device, text_backbone=text_backbone,
                          train_noise=train_noise, cache_dir=cache_dir)
+    _check_int(jobs, "--jobs", 1, 512)
+    _check_int(max_rounds, "--max-rounds", 1, 100)
+    chosen = _make_launcher(launcher.value, jobs, gpus, launcher_config, launcher_opt, out)
     loaded = _load_for_training(data, dataset, data_root, label_family)
-    summary = _run_showing_mismatch(
-        run_sweep, method_names, loaded, corruption_names, grid_levels, seed_list, out,
-        corruption_seed=corruption_seed, force=force, quiet=quiet,
-        command=shlex.join(["robustmsa", *sys.argv[1:]]), audit_samples=audit_samples, **training, **mode)
+    from .jobs import DatasetRef
+    from .stop import StopRequested
+
+    ref = DatasetRef(str(Path(data).resolve()) if data is not None else dataset,
+                     None if data_root is None else str(Path(data_root).resolve()), label_family)
+    try:
+        summary = _run_showing_mismatch(
+            run_sweep, method_names, loaded, corruption_names, grid_levels, seed_list, out,
+            corruption_seed=corruption_seed, force=force, quiet=quiet,
+            command=shlex.join(["robustmsa", *sys.argv[1:]]), audit_samples=audit_samples, launcher=chosen,
+            dataset_ref=ref, max_rounds=max_rounds, log=None if quiet else _log, **training, **mode)
+    except StopRequested as exc:
+        typer.secho(f"stopped: {exc}. Rerun the same command to resume.", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(143) from None
+    if summary.failures:
+        typer.secho(f"{len(summary.failures)} job attempt(s) failed and were retried; first: "
+                    f"{summary.failures[0]}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"{summary.total} cells: {summary.computed} computed, {summary.skipped} already done; "
                f"{summary.trained} model(s) trained; results in {summary.out}/results.csv "
                f"({summary.seconds:.1f} s)")
     written = _run(_plot_run_dir, summary.out, "Non0_acc_2" if loaded.spec.label_family == "mosi" else "Mult_acc_2")
     typer.echo(f"plots: {len(written)} files in {summary.out / 'plots'}")
+
+
+def _make_launcher(name: str, jobs: int, gpus: Optional[str], config: Optional[Path],
+                   options: Optional[list[str]], out: Path):
+    """The launcher of ``sweep``: options from ``--launcher-config``, then ``--launcher-opt``, then the flags."""
+    from .launchers import create_launcher, load_launcher_options
+
+    merged: dict = dict(_run(load_launcher_options, config, name)) if config is not None else {}
+    merged.update(_parse_pairs(options, "--launcher-opt"))
+    if name == "local":
+        merged.setdefault("jobs", jobs)
+        if gpus is not None:
+            merged["gpus"] = [] if gpus.strip().lower() in ("", "none", "cpu") else \
+                [g.strip() for g in gpus.split(",") if g.strip()]
+    elif jobs != 1 or gpus is not None:
+        _fail(f"--jobs and --gpus are options of the local launcher; for {name} use --launcher-opt or "
+              f"--launcher-config (see README, section 'Running sweeps on a cluster')")
+    return _run(create_launcher, name, merged)
+
+
+def _parse_pairs(items: Optional[list[str]], flag: str) -> dict:
+    """``KEY=VALUE`` pairs, values read as YAML scalars (numbers, booleans, lists)."""
+    import yaml
+
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            pairs[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            _fail(f"{flag} {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})")
+    return pairs
 
 
 def _plot_run_dir(run: Path, metric: str) -> list[Path]:
