@@ -23,7 +23,7 @@ from . import __version__
 from .datasets.split import Dataset, Split
 from .locks import FileClaim
 from .results import CellKey, ResultsStore
-from .stop import StopRequested, stop_requested, training_section
+from .stop import StopRequested, handle_sigterm, stop_requested, training_section
 
 if TYPE_CHECKING:
     from .corruptions.reencode import TextReencoder
@@ -77,7 +77,7 @@ class SweepSpec:
     allow_encoder_mismatch: bool = False
     audit_samples: int = 32
     force: bool = False
-    stale_after: float = 600.0   # seconds without heartbeat before another job may break a model's claim
+    stale_after: float = 120.0   # seconds without heartbeat before another job may break a model's claim
 
     def load_dataset(self) -> Dataset:
         return self.dataset if isinstance(self.dataset, Dataset) else self.dataset.load()
@@ -169,19 +169,26 @@ def _train(job: ModelJob, dataset: Dataset):
 def train_model(job: ModelJob) -> dict[str, Any]:
     """Job: train ``job``'s model into the checkpoint cache (a cached model is only loaded)."""
     dataset = job.spec.load_dataset()
-    model = _train(job, dataset)
+    with handle_sigterm():  # a scheduler's SIGTERM (time limit, preemption) abandons training cleanly
+        model = _train(job, dataset)
     return {"job": job.name, "model_key": model.key, "trained": not model.from_cache,
             "train_seconds": model.train_seconds, "host": _host()}
 
 
-def evaluate_model(job: ModelJob, *, reencoders: dict | None = None,
-                   corrupted: "CorruptionMemo | None" = None) -> dict[str, Any]:
+def evaluate_model(job: ModelJob, **memos: Any) -> dict[str, Any]:
     """Job: evaluate ``job``'s model on every missing cell (training it first if the cache lacks it).
 
     Claims the model in the results directory first and re-reads the store under the claim, so a concurrent
     sweep never computes the same cell. Returns counts: ``computed``, ``skipped`` (done by someone else),
-    ``held`` (True if another live job holds the claim; nothing was done), ``trained``.
+    ``held`` (True if another live job holds the claim; nothing was done), ``trained``. A SIGTERM (a scheduler's
+    time limit or preemption) lets the current cell finish, releases the claim and raises :class:`StopRequested`.
     """
+    with handle_sigterm():
+        return _evaluate_model(job, **memos)
+
+
+def _evaluate_model(job: ModelJob, *, reencoders: dict | None = None,
+                    corrupted: "CorruptionMemo | None" = None) -> dict[str, Any]:
     spec = job.spec
     dataset = spec.load_dataset()
     store = ResultsStore(spec.out)
@@ -192,7 +199,7 @@ def evaluate_model(job: ModelJob, *, reencoders: dict | None = None,
     claim = FileClaim(store.root / "claims" / job.method / f"{identity.model_key[:32]}.claim",
                       stale_after=spec.stale_after, label=job.name)
     if not claim.try_acquire():
-        result["held"] = True
+        result.update(held=True, claim=str(claim.path))
         return result
     try:
         todo = keys if spec.force else [k for k in keys if not store.has(k)]

@@ -30,8 +30,8 @@ from typing import Any
 
 __all__ = ["FileClaim", "ClaimHeld", "read_owner", "is_stale"]
 
-DEFAULT_STALE_AFTER = 600.0
-DEFAULT_HEARTBEAT = 30.0
+DEFAULT_STALE_AFTER = 120.0
+DEFAULT_HEARTBEAT = 20.0
 EMPTY_STALE_AFTER = 30.0   # a claim file without an owner record (its creator was killed right after creating it)
 GUARD_STALE_AFTER = 10.0   # a break guard left by a breaker killed inside its (microseconds long) critical section
 

@@ -67,8 +67,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 @contextmanager
 def handle_sigterm() -> Iterator[None]:
     """Install the graceful SIGTERM handler for the block (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        yield  # not ours to install here, or already installed by an enclosing block (a job inside a sweep)
         return
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     _STATE.requested, _STATE.signals = False, 0

@@ -112,7 +112,7 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
               allow_encoder_mismatch: bool = False, audit_samples: int = 32,
               launcher: Launcher | None = None, dataset_ref: DatasetRef | None = None, max_rounds: int = 3,
               train_gpus: float | None = None, eval_gpus: float | None = None,
-              poll_seconds: float = 5.0, stale_after: float = 600.0) -> SweepSummary:
+              poll_seconds: float = 5.0, stale_after: float = 120.0) -> SweepSummary:
     """Run (or resume) the grid methods x seeds x corruptions x levels on ``dataset``; records go to ``out``.
 
     Each trained model is also audited for input coverage on ``audit_samples`` test items (``robustmsa.audit``,
@@ -155,8 +155,10 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
     grid = {"methods": list(methods), "corruptions": list(corruptions), "levels": list(spec.levels),
             "seeds": list(spec.seeds), "corruption_seed": corruption_seed, "train_noise": train_noise,
             "text_mode": text_mode, "text_encoder": spec.encoder_spec}
-    if not isinstance(launcher, LocalLauncher):
-        launcher.check_storage(store.root)  # shared storage: a job must be able to write here
+    if not isinstance(launcher, LocalLauncher):  # shared storage: jobs write records here and checkpoints there
+        from .engine.cache import cache_dir
+
+        launcher.check_storage(store.root, cache_dir(spec.cache))
     store.write_manifest({"kind": "robustmsa.sweep", "command": command, "created": utc_now(), "grid": grid,
                           "dataset": dataset.spec.to_dict(), "epochs": epochs, "overrides": dict(overrides or {}),
                           "text_backbone": text_backbone, **mode, "launcher": dict(launcher.describe()),
@@ -205,7 +207,7 @@ def run_sweep(methods: Sequence[str], dataset: Dataset, corruptions: Sequence[st
                                               f"with failures; last: {failures[-1]}. Finished cells are kept: "
                                               f"rerun the same command to retry.")
                 elif held:
-                    _wait_for_claims(store, held, poll_seconds, stale_after, say)
+                    _wait_for_claims(held, poll_seconds, stale_after, say)
                 elif not any(o.ok and (o.value.get("computed") or o.value.get("skipped")) for o in results[-1]):
                     raise SweepIncomplete("a round finished without errors but wrote nothing; cells are still "
                                           "missing (is the results directory writable and shared?)")
@@ -238,10 +240,9 @@ def _account(summary: SweepSummary, results: list[list[Outcome]], progress, say)
     return failures
 
 
-def _wait_for_claims(store: ResultsStore, held: list[dict], poll: float, stale_after: float, say) -> None:
+def _wait_for_claims(held: list[dict], poll: float, stale_after: float, say) -> None:
     """Wait until the models other sweeps hold are released (or their claims go stale)."""
-    paths = [store.root / "claims" / value["job"].split(" seed ")[0] / f"{value['model_key'][:32]}.claim"
-             for value in held]
+    paths = [Path(value["claim"]) for value in held]
     say(f"waiting for {len(paths)} model(s) claimed by another sweep")
     while any(p.exists() and not is_stale(p, stale_after=stale_after) for p in paths):
         time.sleep(poll)

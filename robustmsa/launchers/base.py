@@ -81,47 +81,55 @@ class Launcher(ABC):
         """GPUs a task of ``phase`` ("train" or "eval") asks for unless the sweep says otherwise."""
         return 0.0
 
-    def check_storage(self, out: Path) -> None:
-        """Fail before submitting anything if a job cannot write to ``out`` (shared storage); local: nothing."""
+    def check_storage(self, out: Path, *more: Path) -> None:
+        """Fail before submitting anything if a job cannot write to ``out`` and ``more`` (shared storage, e.g. the
+        results directory and the checkpoint cache); local: nothing."""
 
     def describe(self) -> Mapping[str, Any]:
         """The launcher's settings, for the sweep manifest."""
         return {"launcher": self.name}
 
 
-def write_probe(path: str, token: str) -> str:
-    """A job's half of the shared-storage check: write ``token`` to ``path``; returns the job's host name."""
+def write_probe(paths: str | Sequence[str], token: str) -> str:
+    """A job's half of the shared-storage check: write ``token`` to each path; returns the job's host name."""
     import socket
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(token)
+    for path in [paths] if isinstance(paths, str) else paths:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(token)
     return socket.gethostname()
 
 
-def probe_storage(launcher: Launcher, out: Path) -> None:
-    """Run one tiny job through ``launcher`` that writes a token under ``out``; fail clearly unless it arrives."""
+def probe_storage(launcher: Launcher, out: Path, *more: Path) -> None:
+    """Run one tiny job through ``launcher`` that writes a token under ``out`` (and each of ``more``, e.g. the
+    checkpoint cache); fail clearly unless every token arrives here."""
     import uuid
 
-    out = Path(out).resolve()
     token = uuid.uuid4().hex
-    probe = out / f".robustmsa-storage-probe-{token[:12]}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LauncherError(f"output directory {out} cannot be created here: {exc}") from exc
-    [[outcome]] = launcher.run([Phase("storage-check", (Task("storage check", write_probe, (str(probe), token)),))])
+    dirs = [Path(d).expanduser().resolve() for d in (out, *more)]
+    probes = [d / f".robustmsa-storage-probe-{token[:12]}" for d in dirs]
+    for directory in dirs:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LauncherError(f"directory {directory} cannot be created here: {exc}") from exc
+    task = Task("storage check", write_probe, ([str(p) for p in probes], token))
+    [[outcome]] = launcher.run([Phase("storage-check", (task,))])
     try:
         if not outcome.ok:
-            raise LauncherError(f"{launcher.name}: a job could not write to {out} (shared storage is required): "
-                                f"{(outcome.error or '').splitlines()[0] if outcome.error else 'no detail'}")
-        try:
-            seen = probe.read_text()
-        except OSError:
-            seen = None
-        if seen != token:
-            raise LauncherError(f"{launcher.name}: a job on {outcome.value} wrote to {out}, but this machine does "
-                                f"not see the file: the output directory must be on storage shared by the "
-                                f"submitting machine and every node")
+            detail = (outcome.error or "no detail").splitlines()[0]
+            raise LauncherError(f"{launcher.name}: a job could not write to {', '.join(map(str, dirs))} (shared "
+                                f"storage is required): {detail}")
+        for directory, probe in zip(dirs, probes):
+            try:
+                seen = probe.read_text()
+            except OSError:
+                seen = None
+            if seen != token:
+                raise LauncherError(f"{launcher.name}: a job on {outcome.value} wrote to {directory}, but this "
+                                    f"machine does not see the file: results and checkpoint cache must be on "
+                                    f"storage shared by the submitting machine and every node")
     finally:
-        probe.unlink(missing_ok=True)
+        for probe in probes:
+            probe.unlink(missing_ok=True)

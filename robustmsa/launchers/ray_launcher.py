@@ -157,16 +157,16 @@ class RayLauncher(Launcher):
             return 0.0
         return self.train_gpus if phase == "train" else self.eval_gpus
 
-    def check_storage(self, out: Path) -> None:
-        """One probe task per alive node must write a token under ``out`` that this machine can read."""
+    def check_storage(self, out: Path, *more: Path) -> None:
+        """One probe task per alive node must write a token under ``out`` (and ``more``) that this machine reads."""
         ray = self.connect()
         nodes = [node["NodeID"] for node in ray.nodes()
                  if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
         if len(nodes) <= 1:
-            probe_storage(self, Path(out))
+            probe_storage(self, Path(out), *more)
             return
         for node in nodes:
-            probe_storage(_OnNode(self, node), Path(out))
+            probe_storage(_OnNode(self, node), Path(out), *more)
 
     # -- running ---------------------------------------------------------------------------------------------
 

@@ -230,11 +230,12 @@ class SlurmLauncher(Launcher):
 
     # -- storage ---------------------------------------------------------------------------------------------
 
-    def check_storage(self, out: Path) -> None:
-        """Default the job folder to ``<out>/submitit``, then run one job that must write under ``out``."""
+    def check_storage(self, out: Path, *more: Path) -> None:
+        """Default the job folder to ``<out>/submitit``, then run one job that must write under ``out`` (and
+        ``more``)."""
         if self.folder is None:
             self.folder = Path(out).expanduser().resolve() / "submitit"
-        probe_storage(self, Path(out))
+        probe_storage(self, Path(out), *more)
 
     # -- running ---------------------------------------------------------------------------------------------
 
