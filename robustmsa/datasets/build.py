@@ -25,6 +25,7 @@ from .io import _spec, infer_label_family, write_mmsa_pickle
 from .registry import LABEL_RANGES
 from .split import SPLIT_NAMES, Dataset, Split, content_hash
 from .validate import ValidationReport, splits_from_mmsa_dict
+from .errors import DataFormatError
 
 if TYPE_CHECKING:
     from ..text_encoding import LocalTextEncoder
@@ -42,11 +43,11 @@ _UNIMODAL_COLUMNS = {"label_T": "regression_labels_T", "label_A": "regression_la
 _MAX_ABS_LABEL = max(abs(v) for r in LABEL_RANGES.values() for v in r)  # widest family: [-3, 3]
 
 
-class LabelTableError(ValueError):
+class LabelTableError(DataFormatError):
     """The label table cannot be used; the message names the file, the line, the column and what was expected."""
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(DataFormatError):
     """A per-clip audio/vision feature file is missing or unusable; the message names the file."""
 
 

@@ -11,19 +11,28 @@ import hashlib
 import os
 import pickle
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .._io import atomic_open
-from .registry import LABEL_RANGES, DATASETS, resolve_data_root
-from .safe_pickle import SafeUnpickler, UnsafePickleError
+from .errors import DataValidationError
+from .registry import DATASETS, LABEL_RANGES, resolve_data_root
+from .safe_pickle import SafeUnpickler
 from .split import SPLIT_NAMES, Dataset, DatasetSpec, LabelFamily, Split
-from .validate import DataValidationError, splits_from_mmsa_dict
+from .validate import splits_from_mmsa_dict
 
-__all__ = ["load", "read_mmsa_pickle", "write_mmsa_pickle", "infer_label_family", "ChecksumMismatchWarning",
-           "PICKLE_PROTOCOL"]
+__all__ = [
+    "PICKLE_PROTOCOL",
+    "ChecksumMismatchWarning",
+    "infer_label_family",
+    "load",
+    "read_mmsa_pickle",
+    "read_raw_pickle",
+    "write_mmsa_pickle",
+]
 
 PICKLE_PROTOCOL = 4  # readable by every Python 3 MMSA loader
 
@@ -55,8 +64,11 @@ class _HashingReader:
         return count
 
     def finish(self) -> str:
-        while chunk := self._handle.read(8 << 20):
-            self.digest.update(chunk)
+        # one reused 64 KiB buffer: read(8 MiB) would allocate 8 MiB even for the few bytes after STOP
+        buffer = bytearray(1 << 16)
+        view = memoryview(buffer)
+        while count := self._handle.readinto(buffer):
+            self.digest.update(view[:count])
         return self.digest.hexdigest()
 
 
@@ -68,6 +80,22 @@ class _HashingWriter:
     def write(self, data) -> int:
         self.digest.update(data)
         return self._handle.write(data)
+
+
+def read_raw_pickle(path: str | os.PathLike) -> tuple[Any, str]:
+    """Unpickle ``path`` with the restricted, bounded unpickler; returns the object and the file's SHA-256.
+
+    Raises:
+        UnreadablePickleError: not a well-formed pickle (truncated, bad opcode, ...); subclasses
+            ``PickleLimitError`` (it asks for more memory or nesting than its size justifies) and
+            ``UnsafePickleError`` (a global outside the allow-list; nothing from the file ran).
+    """
+    source = os.fspath(path)
+    with open(source, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        reader = _HashingReader(handle)
+        raw = SafeUnpickler(reader, source=source, size=size).load()
+        return raw, reader.finish()
 
 
 def infer_label_family(name: str, splits: Mapping[str, Split]) -> LabelFamily:
@@ -106,15 +134,7 @@ def read_mmsa_pickle(path: str | os.PathLike, *, name: str | None = None, label_
         raise FileNotFoundError(f"{source}: no such file")
     if label_family is not None and label_family not in LABEL_RANGES:
         raise ValueError(f"label_family must be one of {sorted(LABEL_RANGES)}, got {label_family!r}")
-    with open(path, "rb") as handle:
-        reader = _HashingReader(handle)
-        try:
-            raw = SafeUnpickler(reader, source=source).load()
-        except UnsafePickleError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            raise pickle.UnpicklingError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
-        sha256 = reader.finish()
+    raw, sha256 = read_raw_pickle(path)
     from .mag import convert_hint, looks_like_mag  # local import: mag builds on this module
 
     if looks_like_mag(raw):
@@ -141,8 +161,6 @@ def read_mmsa_pickle(path: str | os.PathLike, *, name: str | None = None, label_
 
 def splits_from_range_check(splits: Mapping[str, Split], source: str, label_range: tuple[float, float]) -> None:
     """Re-check every split's labels against ``label_range`` (after a family was inferred)."""
-    from .validate import DataValidationError
-
     low, high = label_range
     for split in splits.values():
         labels = split.regression_labels

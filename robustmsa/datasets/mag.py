@@ -30,7 +30,6 @@ valid tokens ([CLS] and [SEP] included) derived from the attention mask exactly 
 from __future__ import annotations
 
 import os
-import pickle
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -41,15 +40,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._io import claim_outputs, write_sidecar
-from .io import _HashingReader, _spec, infer_label_family, write_mmsa_pickle
+from .errors import DataValidationError, short_repr
+from .io import _spec, infer_label_family, read_raw_pickle, write_mmsa_pickle
 from .registry import LABEL_RANGES
-from .safe_pickle import SafeUnpickler, UnsafePickleError
+from .safe_pickle import MEMORY_FACTOR, MEMORY_FLOOR
 from .split import Dataset, LabelFamily, Split, content_hash
 from .validate import (
-    DataValidationError,
     NonFiniteFeaturesWarning,
     ValidationReport,
     _sanitize_features,
+    as_array,
+    clean_text,
+    keys_summary,
     splits_from_mmsa_dict,
 )
 
@@ -114,6 +116,8 @@ class _Context:
     source: str
     report: ValidationReport
     dims: dict[str, tuple[int, str, int]] = field(default_factory=dict)  # key -> (dim, split, index)
+    # examples without words: their (0, D) arrays hold no data, so D is checked once rows have set it
+    empty: list[tuple[str, str, int, int]] = field(default_factory=list)  # (key, split, index, D)
 
 
 def _error(ctx: _Context, split: str, index: int, expected: str, found: str) -> DataValidationError:
@@ -137,7 +141,7 @@ def _describe(value: Any) -> str:
 def _text(value: Any) -> str | None:
     """``value`` as a str (bytes decoded as UTF-8), or None if it is not text."""
     if isinstance(value, str):
-        return str(value)
+        return clean_text(str(value))
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return None
@@ -164,20 +168,29 @@ def _rows(value: Any, key: str, n_words: int, ctx: _Context, split: str, index: 
     modality = "vision" if key == "visual" else "audio"
     expected = f"{key} a numeric array of shape (n_words={n_words}, D)"
     try:
-        array = np.asarray(value)
-    except Exception as exc:  # ragged nested lists and the like
-        raise _error(ctx, split, index, expected, f"{type(value).__name__} ({exc})") from exc
+        array = as_array(value)
+    except Exception as exc:  # ragged nested lists, huge ints and the like
+        raise _error(ctx, split, index, expected, f"{short_repr(value)} ({type(exc).__name__})") from exc
     if array.dtype.kind not in "iuf":
         raise _error(ctx, split, index, expected, f"dtype {array.dtype}")
     if array.ndim != 2 or array.shape[0] != n_words:
         raise _error(ctx, split, index, expected, f"shape {tuple(array.shape)}")
     dim = int(array.shape[1])
+    if n_words == 0:
+        ctx.empty.append((key, split, index, dim))
+    else:
+        _check_dim(ctx, key, split, index, dim)
+    counts = ctx.report.nonfinite.setdefault(_FILE_SPLITS.get(split, split), {}).setdefault(modality, {})
+    return _sanitize_features(array, counts)
+
+
+def _check_dim(ctx: _Context, key: str, split: str, index: int, dim: int) -> None:
+    """``dim`` must equal the feature dimension of the first example with rows."""
+    modality = "vision" if key == "visual" else "audio"
     seen = ctx.dims.setdefault(modality, (dim, split, index))
     if seen[0] != dim:
         raise _error(ctx, split, index, f"{key} feature dimension {seen[0]} as in split {seen[1]!r} example "
                      f"{seen[2]}", f"{dim}")
-    counts = ctx.report.nonfinite.setdefault(_FILE_SPLITS.get(split, split), {}).setdefault(modality, {})
-    return _sanitize_features(array, counts)
 
 
 def _label(value: Any, ctx: _Context, split: str, index: int) -> float:
@@ -186,12 +199,12 @@ def _label(value: Any, ctx: _Context, split: str, index: int) -> float:
     if isinstance(value, (bool, np.bool_)):
         raise _error(ctx, split, index, expected, "a bool")
     try:
-        array = np.asarray(value)
-    except Exception as exc:
-        raise _error(ctx, split, index, expected, f"{type(value).__name__} ({exc})") from exc
+        array = as_array(value)
+    except Exception as exc:  # ragged nested lists, huge ints and the like
+        raise _error(ctx, split, index, expected, f"{short_repr(value)} ({type(exc).__name__})") from exc
     if array.dtype.kind not in "iuf":
         raise _error(ctx, split, index, expected,
-                     f"{_describe(value)} of dtype {array.dtype} ({value!r:.40})")
+                     f"{_describe(value)} of dtype {array.dtype} ({short_repr(value, 40)})")
     if array.size != 1:
         raise _error(ctx, split, index, expected, f"shape {tuple(array.shape)}")
     label = float(array.reshape(-1)[0])
@@ -225,15 +238,14 @@ def _split_names(raw: Any, ctx: _Context) -> dict[str, str]:
                 f"{EXAMPLE_LAYOUT}")
     if not isinstance(raw, Mapping):
         raise DataValidationError(ctx.source, None, None, expected, type(raw).__name__)
-    keys = sorted(map(str, raw))
+    keys = keys_summary(raw)
     if "dev" in raw and "valid" in raw:
-        raise DataValidationError(ctx.source, "valid", None, expected + ", not both 'dev' and 'valid'",
-                                  f"keys {keys}")
+        raise DataValidationError(ctx.source, "valid", None, expected + ", not both 'dev' and 'valid'", keys)
     dev = "valid" if "valid" in raw else "dev"
     names = {"train": "train", dev: "valid", "test": "test"}
     for name in names:
         if name not in raw:
-            raise DataValidationError(ctx.source, name, None, expected, f"keys {keys}")
+            raise DataValidationError(ctx.source, name, None, expected, keys)
         if not isinstance(raw[name], (list, tuple)):
             hint = (" (a dict of arrays is the MMSA layout: load it with robustmsa.datasets.load)"
                     if isinstance(raw[name], Mapping) else "")
@@ -241,7 +253,7 @@ def _split_names(raw: Any, ctx: _Context) -> dict[str, str]:
                                       _describe(raw[name]) + hint)
     for other in raw:
         if other not in names:
-            ctx.report.notes.append(f"ignored top-level key {other!r} (not a split)")
+            ctx.report.notes.append(f"ignored top-level key {short_repr(other, 40)} (not a split)")
     if dev == "dev":
         ctx.report.notes.append("split 'dev' of the MAG/MIB file is robustmsa's 'valid'")
     return names
@@ -252,9 +264,14 @@ def _parse(raw: Any, ctx: _Context) -> dict[str, tuple[str, list[_Example]]]:
     names = _split_names(raw, ctx)
     parsed = {ours: (theirs, [_example(e, ctx, theirs, i) for i, e in enumerate(raw[theirs])])
               for theirs, ours in names.items()}
-    if not ctx.dims:
+    if not any(examples for _, examples in parsed.values()):
         raise DataValidationError(ctx.source, None, None, f"at least one example {EXAMPLE_LAYOUT}",
                                   "empty splits")
+    if not ctx.dims:
+        raise DataValidationError(ctx.source, None, None, "at least one example with words (its visual and "
+                                  "acoustic rows set the feature dimensions)", "none")
+    for key, split, index, dim in ctx.empty:
+        _check_dim(ctx, key, split, index, dim)
     ctx.report.nonfinite = {s: {k: c for k, c in per.items() if any(c.values())}
                             for s, per in ctx.report.nonfinite.items()}
     ctx.report.nonfinite = {s: per for s, per in ctx.report.nonfinite.items() if per}
@@ -312,19 +329,20 @@ def _align(examples: Sequence[_Example], pieces: Mapping[str, list[int]], specia
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def _load_raw(path: Path) -> tuple[Any, str]:
-    """Unpickle ``path`` with the restricted unpickler; returns the object and the file's SHA-256."""
-    source = str(path)
-    with open(path, "rb") as handle:
-        reader = _HashingReader(handle)
-        try:
-            raw = SafeUnpickler(reader, source=source).load()
-        except UnsafePickleError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            raise pickle.UnpicklingError(
-                f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
-        return raw, reader.finish()
+def _check_output_size(ctx: _Context, path: Path, n: int) -> None:
+    """Refuse feature dimensions the file cannot justify before any aligned array is allocated.
+
+    The aligned audio/vision arrays take ``n x max_seq_length x (D_a + D_v) x 4`` bytes. At 50 positions (MAG's
+    default) they must fit the reading budget (:data:`~robustmsa.datasets.safe_pickle.MEMORY_FACTOR` x the
+    file's size + ``MEMORY_FLOOR``); they grow linearly with ``max_seq_length`` from there. Real files are far
+    inside it (MOSI: 2199 x 50 x 121 x 4 = 53 MB); many empty examples with one huge-dimensional row are not.
+    """
+    width = sum(dim for dim, _, _ in ctx.dims.values())
+    budget = MEMORY_FACTOR * path.stat().st_size + MEMORY_FLOOR
+    if n * width * 4 * DEFAULT_MAX_SEQ_LENGTH > budget:
+        raise DataValidationError(
+            ctx.source, None, None, f"audio/vision dimensions the file's size can justify (N x (D_a + D_v) x 4 "
+            f"bytes x {DEFAULT_MAX_SEQ_LENGTH} positions <= {budget})", f"{n} examples x {width} dimensions")
 
 
 def _resolve_encoder(encoder: LocalTextEncoder | str, device: str) -> LocalTextEncoder:
@@ -407,9 +425,10 @@ def _convert(path: str | os.PathLike, encoder: LocalTextEncoder | str, *, max_se
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     ctx = _Context(source=str(path), report=ValidationReport(source=str(path)))
-    raw, sha256 = _load_raw(path)
+    raw, sha256 = read_raw_pickle(path)
     parsed = _parse(raw, ctx)
     del raw
+    _check_output_size(ctx, path, sum(len(examples) for _, examples in parsed.values()))
     name = name or _default_name(path)
     family = _family(name, parsed, label_family, ctx)
     model = _resolve_encoder(encoder, device)
