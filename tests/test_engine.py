@@ -140,10 +140,10 @@ def test_cli_eval_bad_input(tmp_path):
     assert result.exit_code == 1 and "Did you mean: almt" in result.output
     result = runner.invoke(app, ["eval", "--method", "lf_dnn", "--set", "nope=1", "--quiet",
                                  "--cache-dir", str(tmp_path)])
-    assert result.exit_code == 1 and "unknown config key 'nope'" in result.output
+    assert result.exit_code == 1 and "unknown lf_dnn config key 'nope'" in result.output
     result = runner.invoke(app, ["eval", "--method", "lf_dnn", "--text-backbone", "hf:/nonexistent", "--quiet",
                                  "--cache-dir", str(tmp_path)])
-    assert result.exit_code == 1 and "never downloads" in result.output
+    assert result.exit_code == 1 and "nothing is downloaded" in result.output
 
 
 def test_list_methods_shows_parameter_counts():
