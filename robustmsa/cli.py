@@ -137,11 +137,13 @@ def _run(fn, *args, **kwargs):
 
     Anything else propagates to the root group, which reports it as ``error: Type: message``.
     """
+    from .stop import StopRequested
+
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
-        if _is_cli_control(exc) or not _expected(exc):
-            raise
+        if _is_cli_control(exc) or not _expected(exc) or isinstance(exc, StopRequested):
+            raise  # a stop (SIGTERM) is reported by the command with its own message and exit code
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         _fail(str(message) or type(exc).__name__)
 

@@ -154,3 +154,20 @@ def test_heartbeat_keeps_a_claim_fresh(tmp_path, beat):
     assert not is_stale(claim.path, stale_after=60)
     claim.release()
     assert not claim.path.exists()
+
+
+def test_cli_sweep_on_sigterm_says_how_to_resume_and_exits_143(tmp_path):
+    argv = [sys.executable, "-m", "robustmsa.cli", "sweep", "--methods", "almt", "--levels", "0,0.5", "--epochs",
+            "50", "--quiet", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    claims = tmp_path / "run" / "claims"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(claims.rglob("*.claim")) and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().startswith("stopped:") and "Rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr and not list(claims.rglob("*.claim"))
