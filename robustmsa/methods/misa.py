@@ -55,7 +55,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..datasets.split import DatasetSpec
 from .base import Batch, ConfigError, Method, Output, register_method
-from .mmsa_common import AccumulatedSteps, clip_grad_value, map_state_dict
+from .mmsa_common import AccumulatedSteps, accumulated_training_step, map_state_dict
 from .text_encoders import build_text_encoder
 
 __all__ = ["MISA", "MMSA_KEY_RULES", "SequenceEncoder", "cmd_loss", "diff_loss", "from_mmsa_state_dict"]
@@ -236,18 +236,7 @@ class MISA(Method):
         return [optimizer], []
 
     def training_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
-        if self.steps.begin():
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-        output = self(batch)
-        total, parts = self.loss(batch, output)
-        total.backward()
-        clip_grad_value(self.parameters(), self.config.get("grad_clip_value"))
-        if self.steps.should_step():
-            for optimizer in optimizers:
-                optimizer.step()
-        parts["loss"] = float(total.detach())
-        return parts
+        return accumulated_training_step(self, batch, optimizers, self.steps)
 
 
 #: MMSA ``MISA`` state-dict keys -> ours (first full match; None = not kept: modules MMSA builds but never uses).

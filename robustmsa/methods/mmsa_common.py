@@ -27,7 +27,7 @@ from torch import nn
 
 from .base import ConfigError
 
-__all__ = ["AccumulatedSteps", "MappedStateDict", "clip_grad_value", "map_state_dict"]
+__all__ = ["AccumulatedSteps", "MappedStateDict", "accumulated_training_step", "clip_grad_value", "map_state_dict"]
 
 
 class AccumulatedSteps:
@@ -82,6 +82,25 @@ def clip_grad_value(parameters: Iterable[nn.Parameter], value: float | None) -> 
     grads = [p for p in parameters if p.grad is not None]
     if grads:
         nn.utils.clip_grad_value_(grads, float(value))
+
+
+def accumulated_training_step(model: nn.Module, batch, optimizers: list[torch.optim.Optimizer],
+                              steps: AccumulatedSteps) -> dict[str, float]:
+    """One training batch as MMSA's plain trainers do it: zero the gradients at the start of a group of
+    ``update_epochs`` batches, forward, ``model.loss``, backward, clip by value (``grad_clip_value``), and step the
+    optimisers after the group's last batch. Returns the loss parts with ``loss``."""
+    if steps.begin():
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+    output = model(batch)
+    total, parts = model.loss(batch, output)
+    total.backward()
+    clip_grad_value(model.parameters(), model.config.get("grad_clip_value"))
+    if steps.should_step():
+        for optimizer in optimizers:
+            optimizer.step()
+    parts["loss"] = float(total.detach())
+    return parts
 
 
 class MappedStateDict(dict):

@@ -53,7 +53,7 @@ from torch.nn import functional as F
 
 from ..datasets.split import DatasetSpec
 from .base import Batch, ConfigError, Method, Output, register_method
-from .mmsa_common import AccumulatedSteps, clip_grad_value, map_state_dict
+from .mmsa_common import AccumulatedSteps, accumulated_training_step, map_state_dict
 from .mult_layers import MulTEncoderLayer, SinusoidalPositions, fairseq_positions, length_positions
 from .text_encoders import build_text_encoder
 
@@ -311,18 +311,7 @@ class MulT(Method):
         return [optimizer], [plateau]
 
     def training_step(self, batch: Batch, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
-        if self.steps.begin():
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-        output = self(batch)
-        total, parts = self.loss(batch, output)
-        total.backward()
-        clip_grad_value(self.parameters(), self.config.get("grad_clip_value"))
-        if self.steps.should_step():
-            for optimizer in optimizers:
-                optimizer.step()
-        parts["loss"] = float(total.detach())
-        return parts
+        return accumulated_training_step(self, batch, optimizers, self.steps)
 
 
 #: MMSA ``MULT`` state-dict keys -> ours (first full match; None = not kept). Names are MMSA's apart from the
