@@ -57,7 +57,7 @@ from .mmsa_common import AccumulatedSteps, accumulated_training_step, map_state_
 from .mult_layers import MulTEncoderLayer, SinusoidalPositions, fairseq_positions, length_positions
 from .text_encoders import build_text_encoder
 
-__all__ = ["MMSA_KEY_RULES", "CrossmodalEncoder", "CrossmodalLayer", "MulT", "from_mmsa_state_dict", "future_mask"]
+__all__ = ["MMSA_KEY_RULES", "CrossmodalEncoder", "CrossmodalLayer", "MulT", "crossmodal_mask", "from_mmsa_state_dict", "future_mask"]
 
 POOLINGS = ("last_valid", "last_padded")
 MODALITIES = ("text", "audio", "vision")
@@ -70,6 +70,25 @@ def future_mask(q_lengths: torch.Tensor, k_lengths: torch.Tensor, n_q: int, n_k:
     j = torch.arange(n_k, device=q_lengths.device)[None, None, :]
     offset = (k_lengths - q_lengths).abs()[:, None, None]
     return (j - i <= offset)[:, None]
+
+
+def crossmodal_mask(q_lengths: torch.Tensor, k_lengths: torch.Tensor, n_q: int, n_k: int, *, valid_only: bool,
+                    use_future: bool) -> torch.Tensor | None:
+    """"May attend" booleans for queries of one modality over keys of another (or the same), None = everything.
+
+    ``valid_only``: keys past each sample's valid length are masked (our repair of the padding leak); without
+    it only MulT's future mask applies, computed from the padded lengths as the published code does.
+    """
+    device = k_lengths.device
+    if not valid_only:
+        if not use_future:
+            return None
+        one = torch.ones(1, device=device, dtype=torch.long)
+        return future_mask(one * n_q, one * n_k, n_q, n_k)
+    allowed = (torch.arange(n_k, device=device)[None, :] < k_lengths[:, None])[:, None, None, :]
+    if use_future:
+        allowed = allowed & future_mask(q_lengths, k_lengths, n_q, n_k)
+    return allowed
 
 
 def _attend(layer: MulTEncoderLayer, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
@@ -263,16 +282,8 @@ class MulT(Method):
             lengths = {m: self._valid_lengths(batch, m, seqs[m].shape[1]) for m in MODALITIES}
 
         def mask_for(target: str, source: str) -> torch.Tensor | None:
-            n_q, n_k = seqs[target].shape[1], seqs[source].shape[1]
-            if self.published_pooling:
-                if not use_future:
-                    return None
-                one = torch.ones(1, device=device, dtype=torch.long)
-                return future_mask(one * n_q, one * n_k, n_q, n_k)
-            allowed = (torch.arange(n_k, device=device)[None, :] < lengths[source][:, None])[:, None, None, :]
-            if use_future:
-                allowed = allowed & future_mask(lengths[target], lengths[source], n_q, n_k)
-            return allowed
+            return crossmodal_mask(lengths[target], lengths[source], seqs[target].shape[1], seqs[source].shape[1],
+                                   valid_only=not self.published_pooling, use_future=use_future)
 
         positions = None
         if self.config["position_embedding"] and not self.published_pooling:

@@ -47,7 +47,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..datasets.split import UNK_ID, DatasetSpec
 from .base import Batch, ConfigError, Method, Output, register_method
 from .mmsa_common import AccumulatedSteps, clip_grad_value, map_state_dict
-from .mult import CrossmodalEncoder, future_mask
+from .mult import CrossmodalEncoder, crossmodal_mask
 from .mult_layers import length_positions
 from .text_encoders import build_text_encoder
 
@@ -284,16 +284,8 @@ class TFRNet(Method):
         lengths = {m: self._lengths(batch, m, seqs[m].shape[1]) for m in MODALITIES}
 
         def mask_for(target: str, source: str) -> torch.Tensor | None:
-            n_q, n_k = seqs[target].shape[1], seqs[source].shape[1]
-            if not self.valid_masking:
-                if not use_future:
-                    return None
-                one = torch.ones(1, device=device, dtype=torch.long)
-                return future_mask(one * n_q, one * n_k, n_q, n_k)
-            allowed = (torch.arange(n_k, device=device)[None, :] < lengths[source][:, None])[:, None, None, :]
-            if use_future:
-                allowed = allowed & future_mask(lengths[target], lengths[source], n_q, n_k)
-            return allowed
+            return crossmodal_mask(lengths[target], lengths[source], seqs[target].shape[1], seqs[source].shape[1],
+                                   valid_only=self.valid_masking, use_future=use_future)
 
         positions = ({m: length_positions(lengths[m], seqs[m].shape[1]) for m in MODALITIES}
                      if self.valid_masking else {m: None for m in MODALITIES})
