@@ -249,6 +249,37 @@ def test_fake_sbatch_storage_check_then_a_stop_cancels_the_arrays(fake_slurm, tm
     assert {t["state"] for job in submitted[1:] for t in _task_times(fake_slurm, job)} == {"CANCELLED"}
 
 
+def test_without_accounting_a_killed_job_is_found_through_squeue(fake_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_SLURM_NO_ACCOUNTING", "1")  # sacct fails: submitit never learns a state
+    launcher = SlurmLauncher(tmp_path / "submitit", gpus_per_node=0, cpus_per_task=1, poll_interval=0.2,
+                             result_grace_s=0.5, queue_check_s=0.2, slurm_array_parallelism=1)
+    phase = Phase("train", (Task("ok", launcher_tasks.square, (3,)), Task("killed", launcher_tasks.die),
+                            Task("later", launcher_tasks.square, (4,))))
+    start = time.perf_counter()
+    ok, killed, later = launcher.run([phase])[0]
+    assert time.perf_counter() - start < 60  # before: waited forever for the killed one
+    assert ok.ok and ok.value == 9 and later.ok and later.value == 16  # pending tasks are listed: waited for
+    assert not killed.ok and killed.info["slurm_state"] == "UNKNOWN"
+    assert "squeue no longer lists it" in killed.error
+
+
+def test_queue_view_reads_squeue_and_keeps_waiting_when_it_cannot(fake_slurm, tmp_path, monkeypatch):
+    from robustmsa.launchers.slurm import QueueView
+
+    (fake_slurm / "jobs").mkdir()
+    (fake_slurm / "jobs" / "555.json").write_text(json.dumps({"id": 555, "array": [0, 1, 2]}))
+    (fake_slurm / "tasks").mkdir()
+    for index, state in enumerate(("RUNNING", "PENDING", "COMPLETED")):
+        (fake_slurm / "tasks" / f"555_{index}.json").write_text(json.dumps({"state": state}))
+    fresh, cached = QueueView(0), QueueView(3600)
+    assert fresh.active("555") == cached.active("555") == {"555_0", "555_1"}  # one line per array task
+    (fake_slurm / "tasks" / "555_0.json").write_text(json.dumps({"state": "FAILED"}))
+    assert fresh.active("555") == {"555_1"} and cached.active("555") == {"555_0", "555_1"}  # rate-limited
+    assert fresh.active("424242") == set()  # an id squeue refuses as unknown: nothing of it is queued
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert QueueView(0).active("555") is None  # no squeue: nothing is concluded, the job is waited for
+
+
 def test_fake_sbatch_refusal_is_a_launcher_error(fake_slurm, tmp_path):
     launcher = SlurmLauncher(tmp_path / "submitit", gpus_per_node=0, poll_interval=0.2,
                              additional_parameters={"dependency": "afterok:1"})  # the fake refuses afterok

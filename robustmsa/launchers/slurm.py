@@ -25,6 +25,10 @@ Decisions:
 - **Interruptions.** Ctrl-C, a SIGTERM to the driver or an error in the driver cancels (``scancel``) the
   arrays it submitted, unless ``cancel_on_interrupt=False`` (then they keep running and keep writing records;
   rerunning the sweep collects them). Cells already written are kept either way.
+- **Without accounting.** submitit learns a job's end from ``sacct``. On clusters without accounting
+  (``sacct`` fails or stays silent) a job killed before writing its result would be waited for forever, so
+  a job whose state stays ``UNKNOWN`` is checked against ``squeue``: once ``squeue`` no longer lists it
+  (pending or running), it has ended, and after ``result_grace_s`` without a result it is failed.
 - **Shared storage.** ``check_storage(out)`` runs a one-task job that writes a token under ``out`` before
   anything else is submitted; submitit's ``folder`` (job pickles and logs, default ``<out>/submitit``) must be
   shared too.
@@ -47,7 +51,7 @@ from typing import Any
 from ..stop import StopRequested, stop_requested
 from .base import Launcher, LauncherError, Outcome, Phase, Task, call_task, probe_storage
 
-__all__ = ["PHASE_OPTIONS", "SlurmLauncher"]
+__all__ = ["PHASE_OPTIONS", "QueueView", "SlurmLauncher"]
 
 #: options that ``phase_options`` may set for one phase (e.g. a longer ``timeout_min`` for "train")
 PHASE_OPTIONS = ("partition", "account", "qos", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -107,6 +111,8 @@ class SlurmLauncher(Launcher):
         poll_interval: seconds between checks of the submitted jobs.
         result_grace_s: how long a job SLURM reports as ended may take to show its result file (slow shared
             file systems) before it counts as failed.
+        queue_check_s: at most one ``squeue`` call per this many seconds, for jobs ``sacct`` knows nothing
+            about (clusters without accounting).
         cancel_on_interrupt: cancel the submitted jobs when the driver is interrupted or fails.
     """
 
@@ -120,14 +126,16 @@ class SlurmLauncher(Launcher):
                  additional_parameters: Mapping[str, Any] | None = None,
                  phase_options: Mapping[str, Mapping[str, Any]] | None = None, python: str | None = None,
                  job_name: str = "robustmsa", executor: str = "slurm", poll_interval: float = 10.0,
-                 result_grace_s: float = 30.0, cancel_on_interrupt: bool = True) -> None:
+                 result_grace_s: float = 30.0, queue_check_s: float = 60.0,
+                 cancel_on_interrupt: bool = True) -> None:
         if executor not in ("slurm", "debug"):
             raise LauncherError(f"slurm launcher: executor must be 'slurm' or 'debug', got {executor!r}")
         if not isinstance(phase_options or {}, Mapping) or \
                 not all(isinstance(v or {}, Mapping) for v in (phase_options or {}).values()):
             raise LauncherError(f"slurm launcher: phase_options must map phase names to option mappings, "
                                 f"e.g. {{train: {{timeout_min: 240}}}}; got {phase_options!r}")
-        for label, value in (("poll_interval", poll_interval), ("result_grace_s", result_grace_s)):
+        for label, value in (("poll_interval", poll_interval), ("result_grace_s", result_grace_s),
+                             ("queue_check_s", queue_check_s)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise LauncherError(f"slurm launcher: {label} must be a number >= 0, got {value!r}")
         self.folder = None if folder is None else Path(folder).expanduser().resolve()
@@ -142,6 +150,7 @@ class SlurmLauncher(Launcher):
         self.executor = executor
         self.poll_interval = float(poll_interval)
         self.result_grace_s = float(result_grace_s)
+        self.queue = QueueView(queue_check_s)
         self.cancel_on_interrupt = bool(cancel_on_interrupt)
         self._check_options()
         self._submitit = _submitit()
@@ -301,7 +310,7 @@ class SlurmLauncher(Launcher):
     def _collect(self, phase: Phase, task: Task, job, ended_at: dict[int, float]) -> Outcome | None:
         """The outcome of ``job`` if it is over, else None."""
         if not job.paths.result_pickle.exists():
-            if not job.done():  # submitit: result file, else sacct (rate-limited by its shared watcher)
+            if not job.done() and not self._left_queue(job):  # result file, else sacct, else squeue
                 return None
             first = ended_at.setdefault(id(job), time.monotonic())
             if time.monotonic() - first < self.result_grace_s and not job.paths.result_pickle.exists():
@@ -320,10 +329,19 @@ class SlurmLauncher(Launcher):
         value.info.update({"slurm_job_id": job.job_id, "executor": self.executor})
         return value
 
+    def _left_queue(self, job) -> bool:
+        """True if sacct knows nothing of ``job`` and squeue no longer lists it: it ended (no accounting)."""
+        if str(job.state or "UNKNOWN") != "UNKNOWN":
+            return False  # sacct answers for it: submitit's done() is right
+        active = self.queue.active(str(job.job_id).split("_")[0])
+        return active is not None and str(job.job_id) not in active
+
     def _lost(self, phase: Phase, task: Task, job) -> Outcome:
         """A job SLURM reports as ended without a result: killed, timed out, out of memory, node failure."""
         state = str(job.state or "UNKNOWN")
         hint = ""
+        if state == "UNKNOWN":
+            hint = " (sacct knows nothing of it and squeue no longer lists it: killed, timed out or out of memory)"
         if state.startswith("TIMEOUT"):
             limit = self._options(phase.name)["timeout_min"]
             hint = f" (timeout_min={limit} for phase {phase.name!r}: raise it, or set phase_options)"
@@ -377,3 +395,42 @@ class SlurmLauncher(Launcher):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines() or [type(exc).__name__])[0] if len(text) < 2000 else text[:2000]
+
+
+class QueueView:
+    """The array tasks ``squeue`` lists as pending or running, refreshed at most every ``interval`` seconds.
+
+    The fallback for jobs ``sacct`` says nothing about. ``active(array_id)`` is None when squeue cannot answer
+    (not installed, controller unreachable): then nothing is concluded and the job is waited for.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = float(interval)
+        self._listed: dict[str, set[str]] = {}
+        self._checked: dict[str, float] = {}
+
+    def active(self, array_id: str) -> set[str] | None:
+        now = time.monotonic()
+        if array_id not in self._checked or now - self._checked[array_id] >= self.interval:
+            self._checked[array_id] = now
+            listed = _squeue(array_id)
+            if listed is None:
+                self._listed.pop(array_id, None)
+            else:
+                self._listed[array_id] = listed
+        return self._listed.get(array_id)
+
+
+def _squeue(array_id: str) -> set[str] | None:
+    """Job ids (``ID_INDEX`` for array tasks, one per line with ``--array``) squeue lists for ``array_id``."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={array_id}", "--format=%i"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        # squeue refuses an id that left the controller's memory: nothing of it is pending or running
+        return set() if "invalid job id" in done.stderr.lower() else None
+    return {line.strip() for line in done.stdout.splitlines() if line.strip()}

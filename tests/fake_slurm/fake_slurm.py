@@ -203,6 +203,9 @@ def srun(args: list[str]) -> int:
 
 
 def sacct(args: list[str]) -> int:
+    if os.environ.get("FAKE_SLURM_NO_ACCOUNTING"):  # a cluster without slurmdbd
+        print("sacct: error: Slurm accounting storage is disabled", file=sys.stderr)
+        return 1
     ids = [args[i + 1] for i, a in enumerate(args) if a == "-j"]
     lines = ["JobID|State|NodeList"]
     for job_id in ids:
@@ -230,11 +233,35 @@ def scancel(args: list[str]) -> int:
 
 
 def squeue(args: list[str]) -> int:
-    print("JOBID|STATE")
-    for path in sorted((_state() / "tasks").glob("*.json")):
-        task = _read_json(path) or {}
-        if task.get("state") in ("PENDING", "RUNNING"):
-            print(f"{path.stem}|{task['state']}")
+    """``squeue [--noheader] [--array] [--jobs=ID[,ID]] [--format=%i|%T]``: pending and running tasks.
+
+    Without ``--array`` the pending tasks of an array are folded into one ``ID_[a-b]`` line, as SLURM does;
+    ``--jobs`` with ids the controller does not know is refused, as SLURM does.
+    """
+    jobs_arg = next((a.split("=", 1)[1] for a in args if a.startswith("--jobs=")), None)
+    fmt = next((a.split("=", 1)[1] for a in args if a.startswith("--format=")), "%i|%T")
+    wanted = set(jobs_arg.split(",")) if jobs_arg else None
+    rows = []
+    for job_path in sorted((_state() / "jobs").glob("*.json")):
+        job = _read_json(job_path)
+        if job is None or (wanted is not None and str(job["id"]) not in wanted):
+            continue
+        pending = []
+        for name in _task_names(job):
+            task = _read_json(_state() / "tasks" / f"{name}.json") or {"state": "PENDING"}
+            if task["state"] == "RUNNING" or (task["state"] == "PENDING" and "--array" in args):
+                rows.append((name, task["state"]))
+            elif task["state"] == "PENDING":
+                pending.append(name.split("_")[-1])
+        if pending:
+            rows.append((f"{job['id']}_[{pending[0]}-{pending[-1]}]", "PENDING"))
+    if wanted is not None and not any((_state() / "jobs" / f"{i}.json").exists() for i in wanted):
+        print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
+        return 1
+    if "--noheader" not in args:
+        print(fmt.replace("%i", "JOBID").replace("%T", "STATE"))
+    for name, state in rows:
+        print(fmt.replace("%i", name).replace("%T", state))
     return 0
 
 
