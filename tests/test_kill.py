@@ -252,7 +252,7 @@ def test_sigkill_at_random_points_never_leaves_a_trusted_partial_record(tmp_path
         server.close()
     print("lane, kill after (s), killed, trusted records, temporary files:", *log, sep="\n  ")
     killed = sum(entry[2] for entry in log)
-    assert killed >= KILLS // 2, log  # most kill times fell inside a run
+    assert killed >= KILLS // 3, log  # kill times fell inside runs (resumed runs are shorter: not all do)
     assert time.perf_counter() - started < 300, log
 
 
