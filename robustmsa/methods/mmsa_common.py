@@ -84,6 +84,14 @@ def clip_grad_value(parameters: Iterable[nn.Parameter], value: float | None) -> 
         nn.utils.clip_grad_value_(grads, float(value))
 
 
+def validation_plateau(optimizer: torch.optim.Optimizer,
+                       config: Mapping) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """MMSA's ``ReduceLROnPlateau(mode="min")`` on the validation loss (config ``plateau_factor/_patience``)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min",
+                                                      factor=float(config["plateau_factor"]),
+                                                      patience=int(config["plateau_patience"]))
+
+
 def accumulated_training_step(model: nn.Module, batch, optimizers: list[torch.optim.Optimizer],
                               steps: AccumulatedSteps) -> dict[str, float]:
     """One training batch as MMSA's plain trainers do it: zero the gradients at the start of a group of

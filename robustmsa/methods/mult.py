@@ -53,7 +53,7 @@ from torch.nn import functional as F
 
 from ..datasets.split import DatasetSpec
 from .base import Batch, ConfigError, Method, Output, register_method
-from .mmsa_common import AccumulatedSteps, accumulated_training_step, map_state_dict
+from .mmsa_common import AccumulatedSteps, accumulated_training_step, map_state_dict, validation_plateau
 from .mult_layers import MulTEncoderLayer, SinusoidalPositions, fairseq_positions, length_positions
 from .text_encoders import build_text_encoder
 
@@ -315,9 +315,7 @@ class MulT(Method):
     def configure_optimizers(self, epochs: int, steps_per_epoch: int):
         c = self.config
         optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=float(c["lr"]))
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min",
-                                                             factor=float(c["plateau_factor"]),
-                                                             patience=int(c["plateau_patience"]))
+        plateau = validation_plateau(optimizer, c)
         self.steps.reset(steps_per_epoch)
         return [optimizer], [plateau]
 

@@ -46,7 +46,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..datasets.split import UNK_ID, DatasetSpec
 from .base import Batch, ConfigError, Method, Output, register_method
-from .mmsa_common import AccumulatedSteps, clip_grad_value, map_state_dict
+from .mmsa_common import AccumulatedSteps, clip_grad_value, map_state_dict, validation_plateau
 from .mult import CrossmodalEncoder, crossmodal_mask
 from .mult_layers import length_positions
 from .text_encoders import build_text_encoder
@@ -393,9 +393,7 @@ class TFRNet(Method):
         other = [p for p in self.parameters() if p.requires_grad and id(p) not in text_params]
         groups.append({"params": other, "weight_decay": float(c["weight_decay"]), "lr": float(c["lr"])})
         optimizer = torch.optim.Adam([g for g in groups if g["params"]])
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min",
-                                                             factor=float(c["plateau_factor"]),
-                                                             patience=int(c["plateau_patience"]))
+        plateau = validation_plateau(optimizer, c)
         self.steps.reset(steps_per_epoch)
         return [optimizer], [plateau]
 
