@@ -14,6 +14,19 @@ def record_slot(seconds: float) -> dict:
     return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time(), "pid": os.getpid()}
 
 
+def rendezvous(folder: str, name: str, parties: int, timeout: float = 60.0) -> dict:
+    """Announce this job in ``folder`` and wait until ``parties`` jobs have: True only if they ran at once."""
+    from pathlib import Path
+
+    (Path(folder) / name).touch()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list(Path(folder).iterdir())) >= parties:
+            return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "met": True}
+        time.sleep(0.01)
+    return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "met": False}
+
+
 def fail(message: str) -> None:
     raise ValueError(message)
 
