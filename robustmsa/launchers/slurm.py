@@ -341,7 +341,8 @@ class SlurmLauncher(Launcher):
         state = str(job.state or "UNKNOWN")
         hint = ""
         if state == "UNKNOWN":
-            hint = " (sacct knows nothing of it and squeue no longer lists it: killed, timed out or out of memory)"
+            hint = (" (sacct knows nothing of it and squeue no longer lists it:"
+                    " killed, timed out or out of memory)")
         if state.startswith("TIMEOUT"):
             limit = self._options(phase.name)["timeout_min"]
             hint = f" (timeout_min={limit} for phase {phase.name!r}: raise it, or set phase_options)"

@@ -27,7 +27,8 @@ from torch import nn
 
 from .base import ConfigError
 
-__all__ = ["AccumulatedSteps", "MappedStateDict", "accumulated_training_step", "clip_grad_value", "map_state_dict"]
+__all__ = ["AccumulatedSteps", "MappedStateDict", "accumulated_training_step", "clip_grad_value", "map_state_dict",
+           "validation_plateau"]
 
 
 class AccumulatedSteps:
